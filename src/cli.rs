@@ -1,0 +1,496 @@
+//! The command line: argument parsing, human output, exit codes.
+//!
+//! Every command takes the global `--data-dir` (before or after the subcommand). Output for
+//! people goes to stdout, diagnostics to stderr; errors are one line that says what to fix.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::parse_duration_ms;
+use crate::model::Table;
+use crate::pipeline::{self, ImportReport, Progress};
+use crate::query::{self, OutputFormat, QueryConfig, QueryError};
+use crate::sim::{self, FaultCode, SimConfig, Simulator};
+use crate::source::InputFormat;
+use crate::store::{Snapshot, StoreConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wallscope",
+    version,
+    about = "Remote diagnostics for EV wall chargers: lossless telemetry ingest, SQL over Arrow/Parquet, fault rules with ordered fix steps",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Data directory (WAL, Parquet, manifest).
+    #[arg(
+        long,
+        global = true,
+        env = "WALLSCOPE_DATA_DIR",
+        default_value = "./wallscope-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Import vitals logs or capture files into the store.
+    Import(ImportArgs),
+    /// Run a read-only SQL query over the store.
+    Sql(SqlArgs),
+    /// Write a simulated fleet as a capture file, with a device registry and fault labels.
+    Simulate(SimulateArgs),
+    /// Simulate a fleet with faults, ingest it and summarise (no setup needed).
+    Demo(DemoArgs),
+    /// Show what the data directory holds.
+    Status,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Input format.
+    #[arg(long, value_enum, default_value = "capture")]
+    pub format: InputFormat,
+    /// Device id for vitals logs (their lines carry none).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Files to import.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SqlArgs {
+    /// The query (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE).
+    pub query: String,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Memory the query may use, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub memory_limit_mb: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// Number of chargers.
+    #[arg(long, default_value_t = 100)]
+    pub devices: usize,
+    /// Simulated time span (e.g. 24h, 30m, 7d).
+    #[arg(long, default_value = "24h")]
+    pub duration: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Capture file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Faults to inject (each into its own device), e.g. --fault F01 F07.
+    #[arg(long, num_args = 1..)]
+    pub fault: Vec<String>,
+    /// Fraction of devices that get a random injectable fault (0–1).
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_rate: f64,
+    /// Vitals poll period (2s–30s).
+    #[arg(long, default_value = "10s")]
+    pub poll_interval: String,
+    /// Simulated start time (RFC 3339); default 2026-01-05T00:00:00Z.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Turn off firmware quirks (nan, truncated JSON, timeouts).
+    #[arg(long)]
+    pub no_quirks: bool,
+    /// Device registry to write (default: devices.csv beside --out).
+    #[arg(long)]
+    pub devices_out: Option<PathBuf>,
+    /// Fault labels to write (default: labels.csv beside --out).
+    #[arg(long)]
+    pub labels_out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of simulated chargers.
+    #[arg(long, default_value_t = 200)]
+    pub devices: usize,
+    /// Simulated time span.
+    #[arg(long, default_value = "6h")]
+    pub duration: String,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Runs the parsed command; the error is printed by `main`.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    match cli.command {
+        Command::Import(a) => cmd_import(&cli.data_dir, a, clock),
+        Command::Sql(a) => rt.block_on(cmd_sql(&cli.data_dir, a)),
+        Command::Simulate(a) => cmd_simulate(a),
+        Command::Demo(a) => cmd_demo(&cli.data_dir, a, clock, &rt),
+        Command::Status => cmd_status(&cli.data_dir),
+    }
+}
+
+/// An indicatif bar on stderr, hidden when stderr is not a terminal.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new() -> Self {
+        Bar(None)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64) {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let pb = indicatif::ProgressBar::new(total);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} importing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        self.0 = Some(pb);
+    }
+    fn advance(&mut self, bytes: u64) {
+        if let Some(pb) = &self.0 {
+            pb.inc(bytes);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(pb) = self.0.take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+fn cmd_import(data_dir: &Path, a: ImportArgs, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
+    if a.format == InputFormat::Capture && a.device.is_some() {
+        bail!(
+            "--device only applies to --format vitals-log (capture lines name their device in the topic)"
+        );
+    }
+    if a.format == InputFormat::VitalsLog {
+        let d = a
+            .device
+            .as_deref()
+            .ok_or(crate::source::SourceError::NeedDevice)?;
+        crate::model::parse_topic(&format!("wc/{d}/vitals"))
+            .map_err(|_| crate::source::SourceError::BadDevice(d.into()))?;
+    }
+    for f in &a.files {
+        if !f.is_file() {
+            bail!("{}: no such file", f.display());
+        }
+    }
+    let r = pipeline::import_files(
+        StoreConfig::new(data_dir),
+        &a.files,
+        a.format,
+        a.device.as_deref(),
+        clock,
+        &mut Bar::new(),
+    )?;
+    print_import(&r);
+    // Exit 1 when something in the input was not usable, so scripts notice.
+    Ok(if r.bad_lines > 0 || r.dead() > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_import(r: &ImportReport) {
+    let mut out = std::io::stdout().lock();
+    let secs = r.elapsed_ms as f64 / 1000.0;
+    let _ = writeln!(
+        out,
+        "imported {} messages from {} file(s) in {:.2} s ({:.0} msg/s)",
+        r.messages,
+        r.files,
+        secs,
+        r.messages as f64 / secs.max(1e-3)
+    );
+    let rows: Vec<String> = Table::TELEMETRY
+        .iter()
+        .map(|t| format!("{} {}", t.name(), r.rows(*t)))
+        .collect();
+    let _ = writeln!(out, "  rows: {}", rows.join(", "));
+    if r.duplicates > 0 {
+        let _ = writeln!(
+            out,
+            "  duplicates skipped (already stored): {}",
+            r.duplicates
+        );
+    }
+    if r.dead() > 0 {
+        let by: Vec<String> = r
+            .dead_by_class()
+            .iter()
+            .map(|(c, n)| format!("{} {n}", c.as_str()))
+            .collect();
+        let _ = writeln!(out, "  dead letters: {} ({})", r.dead(), by.join(", "));
+    }
+    if r.decode.repaired_truncations > 0 {
+        let _ = writeln!(
+            out,
+            "  repaired payloads (missing final brace): {}",
+            r.decode.repaired_truncations
+        );
+    }
+    if r.decode.unknown_fields > 0 {
+        let _ = writeln!(
+            out,
+            "  rows with unknown fields (kept in `extra`): {}",
+            r.decode.unknown_fields
+        );
+    }
+    if r.open.recovery.torn_tails > 0 {
+        let _ = writeln!(
+            out,
+            "  recovered a torn WAL tail ({} bytes dropped)",
+            r.open.recovery.torn_bytes
+        );
+    }
+    if r.bad_lines > 0 {
+        let _ = writeln!(out, "  skipped {} malformed line(s):", r.bad_lines);
+        for b in &r.bad_line_samples {
+            let _ = writeln!(out, "    {}:{}: {}", b.path.display(), b.line, b.why);
+        }
+    }
+}
+
+async fn cmd_sql(data_dir: &Path, a: SqlArgs) -> anyhow::Result<ExitCode> {
+    let snapshot = open_snapshot(data_dir)?;
+    let cfg = QueryConfig {
+        memory_limit_bytes: a.memory_limit_mb.max(16) << 20,
+        ..QueryConfig::default()
+    };
+    match query::query_snapshot(&snapshot, &cfg, &a.query).await {
+        Ok(batches) => {
+            let text = query::render(&batches, a.format)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            if a.format == OutputFormat::Table && !text.ends_with('\n') {
+                out.write_all(b"\n")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ QueryError::Refused(_)) => bail!("{e}"),
+        Err(e) => bail!("query failed: {e}"),
+    }
+}
+
+fn open_snapshot(data_dir: &Path) -> anyhow::Result<Snapshot> {
+    if !data_dir.exists() {
+        bail!(
+            "data directory {} does not exist: import data first (wallscope import …) or pass --data-dir",
+            data_dir.display()
+        );
+    }
+    Ok(Snapshot::load(data_dir)?)
+}
+
+fn parse_faults(codes: &[String]) -> anyhow::Result<Vec<FaultCode>> {
+    codes
+        .iter()
+        .flat_map(|c| c.split(','))
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.trim()
+                .to_uppercase()
+                .parse::<FaultCode>()
+                .map_err(|_| anyhow::anyhow!("unknown fault code {c:?} for --fault (e.g. F01)"))
+        })
+        .collect()
+}
+
+fn sim_config(
+    devices: usize,
+    duration: &str,
+    seed: u64,
+    poll: &str,
+    start: Option<&str>,
+) -> anyhow::Result<SimConfig> {
+    let duration_ms =
+        parse_duration_ms(duration).map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+    let poll_interval_ms =
+        parse_duration_ms(poll).map_err(|e| anyhow::anyhow!("--poll-interval: {e}"))?;
+    let start_ms = match start {
+        Some(s) => crate::capture::parse_rfc3339_ms(s).ok_or_else(|| {
+            anyhow::anyhow!("--start {s:?} is not an RFC 3339 time (e.g. 2026-01-05T00:00:00Z)")
+        })?,
+        None => 1_767_571_200_000, // 2026-01-05T00:00:00Z, a Monday
+    };
+    Ok(SimConfig {
+        devices,
+        start_ms,
+        duration_ms,
+        seed,
+        poll_interval_ms,
+        ..SimConfig::default()
+    })
+}
+
+fn cmd_simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = sim_config(
+        a.devices,
+        &a.duration,
+        a.seed,
+        &a.poll_interval,
+        a.start.as_deref(),
+    )?;
+    cfg.faults = parse_faults(&a.fault)?;
+    cfg.fault_rate = a.fault_rate;
+    cfg.quirks = !a.no_quirks;
+    let mut sim = Simulator::new(cfg)?;
+    let dir = a
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let devices_out = a.devices_out.unwrap_or_else(|| dir.join("devices.csv"));
+    let labels_out = a.labels_out.unwrap_or_else(|| dir.join("labels.csv"));
+    let file = std::fs::File::create(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let started = std::time::Instant::now();
+    let stats = sim.run(&mut |rec| {
+        w.write_all(rec.render().as_bytes())?;
+        w.write_all(b"\n")
+    })?;
+    w.flush()
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    let mut d = std::fs::File::create(&devices_out)
+        .with_context(|| format!("cannot create {}", devices_out.display()))?;
+    sim::write_devices_csv(sim.devices(), &mut d)?;
+    let mut l = std::fs::File::create(&labels_out)
+        .with_context(|| format!("cannot create {}", labels_out.display()))?;
+    sim::write_labels_csv(sim.labels(), &mut l)?;
+    println!(
+        "wrote {} messages ({} vitals) for {} devices to {} in {:.1} s",
+        stats.messages,
+        stats.per_kind[0],
+        sim.devices().len(),
+        a.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "registry: {} · fault labels: {} ({} injected)",
+        devices_out.display(),
+        labels_out.display(),
+        sim.labels().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_demo(
+    data_dir: &Path,
+    a: DemoArgs,
+    clock: Arc<dyn Clock>,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<ExitCode> {
+    let mut cfg = sim_config(a.devices, &a.duration, a.seed, "10s", None)?;
+    cfg.faults = vec![
+        FaultCode::F01,
+        FaultCode::F03,
+        FaultCode::F07,
+        FaultCode::F14,
+    ];
+    cfg.fault_rate = 0.05;
+    let mut sim = Simulator::new(cfg)?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let capture = data_dir.join("demo-capture.jsonl");
+    println!(
+        "simulating {} chargers for {} (seed {}) with {} injected faults…",
+        a.devices,
+        a.duration,
+        a.seed,
+        sim.labels().len()
+    );
+    {
+        let file = std::fs::File::create(&capture)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        sim.run(&mut |rec| {
+            w.write_all(rec.render().as_bytes())?;
+            w.write_all(b"\n")
+        })?;
+        w.flush()?;
+    }
+    let mut reg = std::fs::File::create(data_dir.join("devices.csv"))?;
+    sim::write_devices_csv(sim.devices(), &mut reg)?;
+    let mut lab = std::fs::File::create(data_dir.join("demo-labels.csv"))?;
+    sim::write_labels_csv(sim.labels(), &mut lab)?;
+    let r = pipeline::import_files(
+        StoreConfig::new(data_dir),
+        std::slice::from_ref(&capture),
+        InputFormat::Capture,
+        None,
+        clock,
+        &mut Bar::new(),
+    )?;
+    print_import(&r);
+    let snapshot = Snapshot::load(data_dir)?;
+    let q = "SELECT count(DISTINCT device_id) AS devices, count(*) AS vitals_rows, \
+             round(max(vehicle_current_a), 1) AS max_current_a, \
+             sum(CASE WHEN contactor_closed THEN 1 ELSE 0 END) AS contactor_closed_samples FROM vitals";
+    let batches = rt.block_on(query::query_snapshot(&snapshot, &QueryConfig::default(), q))?;
+    println!("{}", query::render(&batches, OutputFormat::Table)?);
+    let dir = data_dir.display();
+    println!("explore the data:");
+    println!(
+        "  wallscope --data-dir {dir} sql \"SELECT device_id, max(handle_temp_c) FROM vitals GROUP BY device_id ORDER BY 2 DESC LIMIT 5\""
+    );
+    println!(
+        "  wallscope --data-dir {dir} sql \"SELECT error_class, count(*) FROM dead_letters GROUP BY 1\""
+    );
+    println!("  wallscope --data-dir {dir} status");
+    println!(
+        "ground truth for the injected faults: {}",
+        data_dir.join("demo-labels.csv").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_status(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let s = open_snapshot(data_dir)?;
+    println!("data directory {}", s.dir.display());
+    println!(
+        "{:<14} {:>12} {:>8} {:>12} {:>10}",
+        "table", "rows", "files", "parquet MiB", "tail rows"
+    );
+    for t in Table::ALL {
+        let files: Vec<_> = s.files_of(t).collect();
+        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        let tail: usize = s.tail_of(t).map(|b| b.num_rows()).sum();
+        println!(
+            "{:<14} {:>12} {:>8} {:>12.2} {:>10}",
+            t.name(),
+            s.rows(t),
+            files.len(),
+            bytes as f64 / (1 << 20) as f64,
+            tail
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

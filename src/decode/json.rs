@@ -1,0 +1,534 @@
+//! A JSON scanner shaped for charger payloads: flat objects of numbers, bools, short strings
+//! and short arrays, ~600 bytes, fields nearly always in the firmware's order.
+//!
+//! General-purpose parsers build a value tree or go through serde's visitor machinery; this
+//! one walks the bytes once and hands each value to the caller as it passes, which is what
+//! lets the decoder reach ~1 M messages/s/core. It accepts the firmware's bare `nan` (and
+//! `inf`/`-inf`) as a "no reading" token. It never panics and never recurses: nesting is
+//! tracked with a counter and bounded by the caller's depth limit.
+
+/// A scan failure: what went wrong and at which byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanError {
+    pub kind: ScanErrorKind,
+    pub offset: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanErrorKind {
+    /// Input ended inside a value.
+    Truncated,
+    /// Something other than valid JSON.
+    Syntax(&'static str),
+    TooDeep,
+}
+
+impl std::fmt::Display for ScanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ScanErrorKind::Truncated => write!(f, "JSON ends early at byte {}", self.offset),
+            ScanErrorKind::Syntax(what) => {
+                write!(f, "invalid JSON at byte {}: {what}", self.offset)
+            }
+            ScanErrorKind::TooDeep => write!(f, "JSON nested too deeply at byte {}", self.offset),
+        }
+    }
+}
+
+/// A parsed JSON number: always as f64, and as i64 when it is written as an integer that fits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Number {
+    pub f: f64,
+    pub i: Option<i64>,
+}
+
+/// Exact powers of ten representable in an f64 (10^22 is the largest).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+pub struct Cursor<'a> {
+    pub b: &'a [u8],
+    pub i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(b: &'a [u8]) -> Self {
+        Cursor { b, i: 0 }
+    }
+
+    fn err<T>(&self, kind: ScanErrorKind) -> Result<T, ScanError> {
+        Err(ScanError {
+            kind,
+            offset: self.i,
+        })
+    }
+
+    fn syntax<T>(&self, what: &'static str) -> Result<T, ScanError> {
+        if self.i >= self.b.len() {
+            self.err(ScanErrorKind::Truncated)
+        } else {
+            self.err(ScanErrorKind::Syntax(what))
+        }
+    }
+
+    #[inline]
+    pub fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if c == b' ' || c == b'\n' || c == b'\r' || c == b'\t' {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    #[inline]
+    pub fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    pub fn at_end(&self) -> bool {
+        self.i >= self.b.len()
+    }
+
+    #[inline]
+    pub fn eat(&mut self, c: u8) -> bool {
+        if self.b.get(self.i) == Some(&c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn expect(&mut self, c: u8, what: &'static str) -> Result<(), ScanError> {
+        self.ws();
+        if self.eat(c) {
+            Ok(())
+        } else {
+            self.syntax(what)
+        }
+    }
+
+    /// Scans a string starting at `"`; returns the raw bytes between the quotes and whether
+    /// they contain escapes.
+    #[inline]
+    pub fn raw_string(&mut self) -> Result<(&'a [u8], bool), ScanError> {
+        if !self.eat(b'"') {
+            return self.syntax("expected a string");
+        }
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            match memchr::memchr2(b'"', b'\\', &self.b[self.i..]) {
+                None => {
+                    self.i = self.b.len();
+                    return self.err(ScanErrorKind::Truncated);
+                }
+                Some(off) => {
+                    self.i += off;
+                    if self.b[self.i] == b'"' {
+                        let s = &self.b[start..self.i];
+                        self.i += 1;
+                        if s.iter().any(|&c| c < 0x20) {
+                            return self.err(ScanErrorKind::Syntax("control character in string"));
+                        }
+                        return Ok((s, escaped));
+                    }
+                    escaped = true;
+                    // Skip the backslash and the escaped byte; `\u` digits are checked on unescape.
+                    self.i += 2;
+                    if self.i > self.b.len() {
+                        self.i = self.b.len();
+                        return self.err(ScanErrorKind::Truncated);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Scans a string and appends its unescaped text to `out`.
+    pub fn string_into(&mut self, out: &mut String) -> Result<(), ScanError> {
+        let at = self.i;
+        let (raw, escaped) = self.raw_string()?;
+        if !escaped {
+            // The whole payload was validated as UTF-8 before scanning.
+            out.push_str(std::str::from_utf8(raw).map_err(|_| ScanError {
+                kind: ScanErrorKind::Syntax("invalid UTF-8 in string"),
+                offset: at,
+            })?);
+            return Ok(());
+        }
+        unescape(raw, out).map_err(|what| ScanError {
+            kind: ScanErrorKind::Syntax(what),
+            offset: at,
+        })
+    }
+
+    /// Scans a JSON number.
+    #[inline]
+    pub fn number(&mut self) -> Result<Number, ScanError> {
+        let start = self.i;
+        let b = self.b;
+        let mut i = self.i;
+        let neg = b.get(i) == Some(&b'-');
+        if neg {
+            i += 1;
+        }
+        let mut mant: u64 = 0;
+        let mut digits = 0u32;
+        let int_start = i;
+        while let Some(&c) = b.get(i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            mant = mant.wrapping_mul(10).wrapping_add(d as u64);
+            digits += 1;
+            i += 1;
+        }
+        if i == int_start {
+            self.i = i;
+            return self.syntax("expected a digit");
+        }
+        if b[int_start] == b'0' && i - int_start > 1 {
+            self.i = int_start;
+            return self.syntax("leading zero in number");
+        }
+        let mut frac_digits = 0i32;
+        let mut is_int = true;
+        if b.get(i) == Some(&b'.') {
+            is_int = false;
+            i += 1;
+            let fs = i;
+            while let Some(&c) = b.get(i) {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                mant = mant.wrapping_mul(10).wrapping_add(d as u64);
+                digits += 1;
+                i += 1;
+            }
+            if i == fs {
+                self.i = i;
+                return self.syntax("expected a digit after '.'");
+            }
+            frac_digits = (i - fs) as i32;
+        }
+        let mut exp: i32 = 0;
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            is_int = false;
+            i += 1;
+            let eneg = match b.get(i) {
+                Some(b'-') => {
+                    i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    i += 1;
+                    false
+                }
+                _ => false,
+            };
+            let es = i;
+            while let Some(&c) = b.get(i) {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                exp = exp.saturating_mul(10).saturating_add(d as i32);
+                i += 1;
+            }
+            if i == es {
+                self.i = i;
+                return self.syntax("expected a digit in exponent");
+            }
+            if eneg {
+                exp = -exp;
+            }
+        }
+        self.i = i;
+        let e10 = exp.saturating_sub(frac_digits);
+        // Clinger's fast path: an exactly representable mantissa scaled by an exactly
+        // representable power of ten is one correctly rounded IEEE operation.
+        let f = if digits <= 19 && mant < (1u64 << 53) && (-22..=22).contains(&e10) {
+            let m = mant as f64;
+            let v = if e10 >= 0 {
+                m * POW10[e10 as usize]
+            } else {
+                m / POW10[(-e10) as usize]
+            };
+            if neg { -v } else { v }
+        } else {
+            // Slow path: let the standard library round the text correctly. The bytes are
+            // ASCII digits and signs we just scanned.
+            std::str::from_utf8(&b[start..i])
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let int = if is_int && digits <= 19 {
+            if neg {
+                if mant <= i64::MAX as u64 + 1 {
+                    Some((mant as i64).wrapping_neg())
+                } else {
+                    None
+                }
+            } else {
+                i64::try_from(mant).ok()
+            }
+        } else {
+            None
+        };
+        Ok(Number { f, i: int })
+    }
+
+    /// Tries the firmware's non-JSON "no reading" tokens (`nan`, `NaN`, `inf`, `-inf`,
+    /// `Infinity`, `-Infinity`); true when one was consumed.
+    #[inline]
+    pub fn non_finite(&mut self) -> bool {
+        const TOKENS: [&[u8]; 8] = [
+            b"nan",
+            b"NaN",
+            b"-nan",
+            b"inf",
+            b"-inf",
+            b"Infinity",
+            b"-Infinity",
+            b"-NaN",
+        ];
+        let rest = &self.b[self.i..];
+        for t in TOKENS {
+            if rest.starts_with(t) && !rest.get(t.len()).is_some_and(|c| c.is_ascii_alphanumeric())
+            {
+                self.i += t.len();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Consumes a literal such as `true`.
+    #[inline]
+    pub fn literal(&mut self, lit: &'static [u8]) -> Result<(), ScanError> {
+        if self.b[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            Ok(())
+        } else if lit.starts_with(&self.b[self.i..]) {
+            self.i = self.b.len();
+            self.err(ScanErrorKind::Truncated)
+        } else {
+            self.syntax("unexpected token")
+        }
+    }
+
+    /// Skips any JSON value (including the firmware's bare `nan`), returning its raw bytes.
+    /// `depth` is the nesting level the value sits at; exceeding `max_depth` (at most 64) is
+    /// an error. Open containers are tracked in a bit stack (1 = object), so no allocation.
+    pub fn skip_value(&mut self, depth: usize, max_depth: usize) -> Result<&'a [u8], ScanError> {
+        let max_depth = max_depth.min(64);
+        self.ws();
+        let start = self.i;
+        let mut level = 0usize;
+        let mut objects: u64 = 0;
+        loop {
+            self.ws();
+            match self.peek() {
+                None => return self.err(ScanErrorKind::Truncated),
+                Some(c @ (b'{' | b'[')) => {
+                    if depth + level + 1 > max_depth {
+                        return self.err(ScanErrorKind::TooDeep);
+                    }
+                    let obj = c == b'{';
+                    self.i += 1;
+                    self.ws();
+                    if self.eat(if obj { b'}' } else { b']' }) {
+                        // Empty container: a complete value at this level.
+                    } else {
+                        objects = (objects << 1) | obj as u64;
+                        level += 1;
+                        if obj {
+                            self.raw_string()?;
+                            self.expect(b':', "expected ':'")?;
+                        }
+                        continue;
+                    }
+                }
+                Some(b'"') => {
+                    self.raw_string()?;
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') if !self.b[self.i..].starts_with(b"nan") => self.literal(b"null")?,
+                Some(_) => {
+                    if !self.non_finite() {
+                        self.number()?;
+                    }
+                }
+            }
+            // After a complete value: close containers or move to the next element.
+            loop {
+                if level == 0 {
+                    return Ok(&self.b[start..self.i]);
+                }
+                self.ws();
+                let in_object = objects & 1 == 1;
+                match self.peek() {
+                    Some(b',') => {
+                        self.i += 1;
+                        self.ws();
+                        if in_object {
+                            self.raw_string()?;
+                            self.expect(b':', "expected ':'")?;
+                        }
+                        break;
+                    }
+                    Some(b'}') if in_object => {
+                        self.i += 1;
+                        objects >>= 1;
+                        level -= 1;
+                    }
+                    Some(b']') if !in_object => {
+                        self.i += 1;
+                        objects >>= 1;
+                        level -= 1;
+                    }
+                    None => return self.err(ScanErrorKind::Truncated),
+                    Some(_) => return self.syntax("expected ',' or a closing bracket"),
+                }
+            }
+        }
+    }
+}
+
+/// Unescapes JSON string content (without quotes) into `out`.
+pub fn unescape(raw: &[u8], out: &mut String) -> Result<(), &'static str> {
+    let mut i = 0;
+    let mut run = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.push_str(std::str::from_utf8(&raw[run..i]).map_err(|_| "invalid UTF-8 in string")?);
+        let c = *raw.get(i + 1).ok_or("dangling escape")?;
+        i += 2;
+        match c {
+            b'"' => out.push('"'),
+            b'\\' => out.push('\\'),
+            b'/' => out.push('/'),
+            b'b' => out.push('\u{8}'),
+            b'f' => out.push('\u{c}'),
+            b'n' => out.push('\n'),
+            b'r' => out.push('\r'),
+            b't' => out.push('\t'),
+            b'u' => {
+                let hi = hex4(raw.get(i..i + 4).ok_or("short \\u escape")?)?;
+                i += 4;
+                let cp = if (0xD800..0xDC00).contains(&hi) {
+                    if raw.get(i..i + 2) != Some(b"\\u") {
+                        return Err("unpaired surrogate");
+                    }
+                    let lo = hex4(raw.get(i + 2..i + 6).ok_or("short \\u escape")?)?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return Err("unpaired surrogate");
+                    }
+                    i += 6;
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else {
+                    hi
+                };
+                out.push(char::from_u32(cp).ok_or("invalid \\u escape")?);
+            }
+            _ => return Err("invalid escape"),
+        }
+        run = i;
+    }
+    out.push_str(std::str::from_utf8(&raw[run..]).map_err(|_| "invalid UTF-8 in string")?);
+    Ok(())
+}
+
+fn hex4(h: &[u8]) -> Result<u32, &'static str> {
+    let mut v = 0u32;
+    for &c in h {
+        let d = (c as char).to_digit(16).ok_or("invalid \\u escape")?;
+        v = v * 16 + d;
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(s: &str) -> Number {
+        Cursor::new(s.as_bytes()).number().unwrap()
+    }
+
+    #[test]
+    fn numbers_match_std() {
+        for s in [
+            "0",
+            "-0",
+            "246.3",
+            "59.833",
+            "-83",
+            "0.000",
+            "5.5",
+            "1e3",
+            "1.5E-7",
+            "12345678901234567890",
+            "0.1",
+            "9007199254740993",
+            "-9223372036854775808",
+            "3.14159265358979323846",
+            "1e400",
+        ] {
+            let n = num(s);
+            let want: f64 = s.parse().unwrap();
+            assert_eq!(n.f.to_bits(), want.to_bits(), "{s}");
+        }
+        assert_eq!(num("-83").i, Some(-83));
+        assert_eq!(num("-9223372036854775808").i, Some(i64::MIN));
+        assert_eq!(num("9223372036854775808").i, None);
+        assert_eq!(num("5.0").i, None);
+        for bad in ["-", "01", "1.", "1e", ".5"] {
+            assert!(Cursor::new(bad.as_bytes()).number().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn skip_values() {
+        let s = br#"{"a":[1,{"b":"]"},nan],"c":{}} tail"#;
+        let mut c = Cursor::new(s);
+        let v = c.skip_value(0, 8).unwrap();
+        assert_eq!(v, br#"{"a":[1,{"b":"]"},nan],"c":{}}"#);
+        let deep = "[".repeat(100) + &"]".repeat(100);
+        let e = Cursor::new(deep.as_bytes()).skip_value(0, 32).unwrap_err();
+        assert_eq!(e.kind, ScanErrorKind::TooDeep);
+        let e = Cursor::new(b"[1,2").skip_value(0, 32).unwrap_err();
+        assert_eq!(e.kind, ScanErrorKind::Truncated);
+    }
+
+    #[test]
+    fn strings() {
+        let mut out = String::new();
+        Cursor::new(br#""a\"b\u00e9\ud83d\ude00\n""#)
+            .string_into(&mut out)
+            .unwrap();
+        assert_eq!(out, "a\"bé😀\n");
+        assert!(
+            Cursor::new(br#""\ud83d""#)
+                .string_into(&mut String::new())
+                .is_err()
+        );
+        assert!(
+            Cursor::new(b"\"abc")
+                .string_into(&mut String::new())
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! wallscope: a remote-diagnostics telemetry engine for EV wall chargers.
+//!
+//! Modules follow the pipeline and depend only downwards (docs/ARCHITECTURE.md):
+//! layer 0 `model`, `clock`; 1 `config`, `capture`, `decode`, `sim`; 2 `batch`;
+//! 3 `store`, `source`; 4 `query`; 5 `pipeline`; 6 `cli`.
+
+pub mod batch;
+pub mod capture;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod decode;
+pub mod model;
+pub mod pipeline;
+pub mod query;
+pub mod sim;
+pub mod source;
+pub mod store;
+
+/// The crate version, as `wallscope --version` prints it.
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}

@@ -1,0 +1,29 @@
+//! `wallscope`: parse arguments, start tracing, run, map errors to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = wallscope::cli::Cli::parse();
+    let default = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match wallscope::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line per error, so scripts and logs get one record each.
+            let text = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {}", text.trim_end());
+            ExitCode::from(2)
+        }
+    }
+}

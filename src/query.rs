@@ -1,0 +1,137 @@
+//! Read-only SQL over the store.
+//!
+//! Owns the DataFusion session every SQL surface uses (CLI `sql`, later the HTTP API and the
+//! rule engine): the store's tables registered over a snapshot, identifiers kept as written
+//! (the firmware's field names are mixed case: `currentA_a`), a memory pool with a hard
+//! limit, no URL tables. Statements are planned first and refused before execution unless
+//! the plan is a query: DDL, DML (INSERT, COPY), and statements (SET, transactions) never run.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+
+use crate::store::{Snapshot, catalog};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("refused: wallscope SQL is read-only (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE); {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Sql(#[from] DataFusionError),
+    #[error("cannot format the result: {0}")]
+    Format(#[from] arrow::error::ArrowError),
+}
+
+/// Limits for one session.
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    /// Memory the query's operators may hold (sorts, joins, aggregates).
+    pub memory_limit_bytes: usize,
+    /// Parallelism (DataFusion target partitions).
+    pub target_partitions: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            memory_limit_bytes: 2 << 30,
+            target_partitions: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
+}
+
+/// A session with the store's tables registered over `snapshot`.
+pub fn session(snapshot: &Snapshot, cfg: &QueryConfig) -> Result<SessionContext, QueryError> {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(cfg.target_partitions)
+        .with_information_schema(true);
+    config.options_mut().sql_parser.enable_ident_normalization = false;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(cfg.memory_limit_bytes, 1.0)
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    catalog::register(&ctx, snapshot)?;
+    Ok(ctx)
+}
+
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Plans `sql`, refuses anything that is not a query, and runs it.
+pub async fn run_readonly(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    let plan = ctx.state().create_logical_plan(sql).await?;
+    read_only().verify_plan(&plan).map_err(|e| {
+        let what = match e {
+            DataFusionError::Plan(m) => m,
+            other => other.to_string(),
+        };
+        QueryError::Refused(what.to_lowercase())
+    })?;
+    let df = ctx.execute_logical_plan(plan).await?;
+    Ok(df.collect().await?)
+}
+
+/// How `wallscope sql` prints results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+pub fn render(batches: &[RecordBatch], format: OutputFormat) -> Result<String, QueryError> {
+    match format {
+        OutputFormat::Table => Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string()),
+        OutputFormat::Csv => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut buf);
+                if batches.is_empty() {
+                    return Ok(String::new());
+                }
+                for b in batches {
+                    w.write(b)?;
+                }
+            }
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        OutputFormat::Json => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::json::ArrayWriter::new(&mut buf);
+                let refs: Vec<&RecordBatch> = batches.iter().collect();
+                w.write_batches(&refs)?;
+                w.finish()?;
+            }
+            if buf.is_empty() {
+                buf.extend_from_slice(b"[]");
+            }
+            buf.push(b'\n');
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+    }
+}
+
+/// Runs one read-only query over a snapshot.
+pub async fn query_snapshot(
+    snapshot: &Snapshot,
+    cfg: &QueryConfig,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let ctx = session(snapshot, cfg)?;
+    run_readonly(&ctx, sql).await
+}
+
+/// Shared pointer alias used by long-lived servers.
+pub type SharedSession = Arc<SessionContext>;

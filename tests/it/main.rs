@@ -1,0 +1,8 @@
+//! The one integration-test binary: CLI contract, real captures, crash safety.
+//!
+//! Each test works in its own temp directory; child processes are this binary re-executed
+//! (crash tests) or the real `wallscope` binary (CLI tests).
+
+mod cli;
+mod harness;
+mod store_crash;
