@@ -223,30 +223,34 @@ impl<'a> Runtime<'a> {
     }
 
     fn in_reboot(&self, t: i64) -> bool {
-        self.plan.reboots.iter().any(|r| t >= r.at && t < r.boot)
+        self.plan
+            .reboots
+            .iter()
+            .any(|r| (r.at..r.boot).contains(&t))
     }
 
     fn silent(&self, t: i64) -> bool {
         self.plan
             .episodes
             .iter()
-            .any(|e| matches!(*e, Episode::Silent { from, to } if t >= from && t < to))
+            .any(|e| matches!(*e, Episode::Silent { from, to } if (from..to).contains(&t)))
     }
 
     fn weak_wifi(&self, t: i64) -> bool {
         self.plan
             .episodes
             .iter()
-            .any(|e| matches!(*e, Episode::Wifi { from, to, .. } if t >= from && t < to))
+            .any(|e| matches!(*e, Episode::Wifi { from, to, .. } if (from..to).contains(&t)))
     }
 
     /// Picks the next message this device publishes and returns its receive time, or `None`
     /// when the run is over for it. Polls that time out, or fall in a dark period, are skipped.
     pub(crate) fn schedule(&mut self) -> Option<i64> {
         loop {
+            // Earliest tick; equal ticks go in kind order.
             let mut k = 0;
-            for j in 1..4 {
-                if self.next_tick[j] < self.next_tick[k] {
+            for (j, &t) in self.next_tick.iter().enumerate().skip(1) {
+                if t < self.next_tick[k] {
                     k = j;
                 }
             }
@@ -498,7 +502,7 @@ impl<'a> Runtime<'a> {
     fn handle_script(&self, t: i64) -> Option<f64> {
         let s = &self.plan.sessions[self.conn?];
         let h = s.handle.as_ref()?;
-        (t >= h.from && t < h.until).then(|| h.at(t))
+        (h.from..h.until).contains(&t).then(|| h.at(t))
     }
 
     fn r_source(&self, t: i64) -> f64 {
@@ -512,8 +516,7 @@ impl<'a> Runtime<'a> {
         let site_v = self.site.grid_v(t);
         for e in &self.plan.episodes {
             if let Episode::GridV { from, to, level } = *e
-                && t >= from
-                && t < to
+                && (from..to).contains(&t)
             {
                 return level + (site_v - self.site.grid_mean_v);
             }
@@ -528,8 +531,7 @@ impl<'a> Runtime<'a> {
             + self.rng.normal(0.0, 0.006);
         for e in &self.plan.episodes {
             if let Episode::GridHz { from, to, offset } = *e
-                && t >= from
-                && t < to
+                && (from..to).contains(&t)
             {
                 hz += offset + self.rng.normal(0.0, 0.04);
             }
@@ -540,8 +542,7 @@ impl<'a> Runtime<'a> {
     fn config_status(&self, t: i64) -> u8 {
         for e in &self.plan.episodes {
             if let Episode::Config { from, to, status } = *e
-                && t >= from
-                && t < to
+                && (from..to).contains(&t)
             {
                 return status;
             }
@@ -551,7 +552,7 @@ impl<'a> Runtime<'a> {
 
     fn phantom(&self, t: i64) -> Option<f64> {
         self.plan.episodes.iter().find_map(|e| match *e {
-            Episode::Phantom { from, to, amps } if t >= from && t < to => Some(amps),
+            Episode::Phantom { from, to, amps } if (from..to).contains(&t) => Some(amps),
             _ => None,
         })
     }
@@ -791,10 +792,10 @@ impl<'a> Runtime<'a> {
                 to,
             } = *e
             {
-                if t >= decline_from && t < from {
+                if (decline_from..from).contains(&t) {
                     let f = (t - decline_from) as f64 / (from - decline_from).max(1) as f64;
                     rssi += (-84.0 - rssi) * f;
-                } else if t >= from && t < to {
+                } else if (from..to).contains(&t) {
                     rssi = self.rng.uniform(-88.0, -81.5);
                     internet = false;
                 }

@@ -108,6 +108,8 @@ pub(crate) struct Site {
     pub(crate) name: String,
     pub(crate) installer: &'static str,
     pub(crate) region: Region,
+    /// One supply per site: every charger on it has the same service type.
+    pub(crate) service: Service,
     pub(crate) tz_ms: i64,
     pub(crate) grid_mean_v: f64,
     slow_amp_v: [f64; 2],
@@ -142,9 +144,13 @@ impl Site {
     pub(crate) fn grid_v(&self, t: i64) -> f64 {
         let tf = t as f64;
         let mut v = self.grid_mean_v;
-        for k in 0..2 {
-            v +=
-                self.slow_amp_v[k] * (TAU * tf / self.slow_period_ms[k] + self.slow_phase[k]).sin();
+        for ((amp, period), phase) in self
+            .slow_amp_v
+            .iter()
+            .zip(&self.slow_period_ms)
+            .zip(&self.slow_phase)
+        {
+            v += amp * (TAU * tf / period + phase).sin();
         }
         // Evening demand sags the feeder; the minimum sits near 19:00 local.
         v - self.day_amp_v * (TAU * (self.local_hour(t) - 19.0) / 24.0).cos()
@@ -245,11 +251,17 @@ fn new_site(rng: &mut Rng, index: usize) -> Site {
             rng.uniform(227.0, 234.0),
         ),
     };
+    let service = match region {
+        Region::Na => Service::Split,
+        Region::Eu if rng.chance(0.6) => Service::Three,
+        Region::Eu => Service::Single,
+    };
     let ssid = format!("{}-{}", SSIDS[rng.index(SSIDS.len())], index % 100);
     Site {
         name: format!("{city}-{:03}", index + 1),
         installer: INSTALLERS[rng.index(INSTALLERS.len())],
         region,
+        service,
         tz_ms: tz_h * HOUR,
         grid_mean_v,
         slow_amp_v: [rng.uniform(0.3, 0.6), rng.uniform(0.2, 0.5)],
@@ -279,11 +291,7 @@ fn new_unit(
     site: &Site,
     start_ms: i64,
 ) -> Unit {
-    let service = match site.region {
-        Region::Na => Service::Split,
-        Region::Eu if rng.chance(0.6) => Service::Three,
-        Region::Eu => Service::Single,
-    };
+    let service = site.service;
     // Gen 3 EU units top out at 32 A (22 kW three-phase), so EU breakers are 40/30 A.
     let breaker_a: u32 = match site.region {
         Region::Na => [60, 50, 40, 30][rng.weighted(&[0.35, 0.2, 0.3, 0.15])],

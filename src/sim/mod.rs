@@ -9,8 +9,9 @@
 //! - Emits `capture::CaptureRecord`s on topics `wc/{device_id}/{vitals|lifetime|wifi_status|version}`
 //!   whose payload is the bridge envelope `{"ts":<ms>,"seq":<n>,"data":<charger JSON>}`, in
 //!   receive-time order, through a caller callback. It knows nothing of MQTT, storage or rules.
-//! - Deterministic: one `SimConfig` gives byte-identical output everywhere (own PRNG, one
-//!   stream per device, no hash-map iteration, no wall clock).
+//! - Deterministic: one `SimConfig` gives byte-identical output from run to run (own PRNG,
+//!   one stream per device, no hash-map iteration, no wall clock); only a platform's libm
+//!   could round a transcendental function differently.
 //! - Ground truth (`labels`) is planned in `Simulator::new`, before any message exists, from
 //!   the same plan the run plays back. Healthy units never show a §8 signature.
 //!
@@ -59,8 +60,8 @@ pub struct SimConfig {
     /// Fraction of the fleet that carries a fault: devices beyond the listed ones get a
     /// random injectable fault until this fraction is reached.
     pub fault_rate: f64,
-    /// Firmware quirks: bare `nan`, truncated JSON, missing fields, timeouts, one firmware
-    /// upgrade per fleet.
+    /// Firmware quirks: bare `nan`, truncated JSON, missing fields, timeouts, and (in runs of
+    /// 2 h or more) one healthy unit upgrading its firmware mid-run.
     pub quirks: bool,
     /// Device ids are `{prefix}{n:04}` with n counting from 1.
     pub device_prefix: String,
@@ -329,7 +330,7 @@ fn validate(cfg: &SimConfig) -> Result<(), SimError> {
         if cfg.duration_ms < need {
             return Err(SimError::TooShortForFault {
                 fault,
-                need_min: (need + MIN - 1) / MIN,
+                need_min: need / MIN,
                 have_min: cfg.duration_ms / MIN,
             });
         }

@@ -956,7 +956,7 @@ fn candidates(rng: &mut Rng, site: &Site, start: i64, end: i64) -> Vec<i64> {
                 _ => rng.uniform(5.5, 8.0),
             };
             let t = day * DAY + (hour * HOUR as f64) as i64 - site.tz_ms;
-            if t >= start && t < end {
+            if (start..end).contains(&t) {
                 v.push(t);
             }
         }
@@ -981,7 +981,7 @@ fn schedule(b: &mut Builder<'_>, setup: Setup, start: i64, end: i64) -> Vec<Sess
     let mut out = Vec::new();
     let mut free_from = start + 2 * MIN;
     for plug in candidates(&mut b.rng, b.site, start, end) {
-        if plug < free_from || blocked.iter().any(|&(a, z)| plug >= a && plug < z) {
+        if plug < free_from || blocked.iter().any(|&(a, z)| (a..z).contains(&plug)) {
             continue;
         }
         let bound = blocked

@@ -1,15 +1,24 @@
 //! Simulator tests: determinism, envelope shape, §3 session timings read back from the
 //! emitted records, and for every injectable fault the §8 signature on the labelled device
 //! (with the same detectors finding nothing on healthy devices).
+//!
+//! Payloads are read into typed structs: a `serde_json::Value` per message made these tests
+//! four times slower than the simulation they check.
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::*;
 use crate::capture::CaptureRecord;
 
 const START: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z: evening in North America
+const VITALS: usize = 0;
+const LIFETIME: usize = 1;
+const WIFI: usize = 2;
+const VERSION: usize = 3;
 
 fn config(devices: usize, duration_ms: i64, poll: i64, seed: u64) -> SimConfig {
     SimConfig {
@@ -34,58 +43,111 @@ fn run(cfg: SimConfig) -> (Simulator, Vec<CaptureRecord>, SimStats) {
     (sim, out, stats)
 }
 
-/// A parsed message: envelope time and the charger's JSON.
-struct Msg {
+#[derive(Deserialize)]
+struct Envelope<T> {
     ts: i64,
-    data: Value,
+    data: T,
 }
 
-/// Parsed payloads per (device, kind index); non-JSON quirk payloads are skipped.
-fn parse(records: &[CaptureRecord]) -> BTreeMap<(String, usize), Vec<Msg>> {
-    let mut m: BTreeMap<(String, usize), Vec<Msg>> = BTreeMap::new();
+/// The vitals fields the checks read. The quirk that drops a field never drops these.
+#[derive(Deserialize, Debug, Clone)]
+struct Vit {
+    contactor_closed: bool,
+    vehicle_connected: bool,
+    session_s: i64,
+    grid_v: f64,
+    grid_hz: f64,
+    vehicle_current_a: f64,
+    #[serde(rename = "currentA_a")]
+    cur_a: f64,
+    #[serde(rename = "currentB_a")]
+    cur_b: f64,
+    #[serde(rename = "currentC_a")]
+    cur_c: f64,
+    #[serde(rename = "voltageA_v")]
+    volt_a: f64,
+    #[serde(rename = "voltageB_v")]
+    volt_b: f64,
+    #[serde(rename = "voltageC_v")]
+    volt_c: f64,
+    relay_coil_v: Option<f64>,
+    relay_k1_v: Option<f64>,
+    pcba_temp_c: f64,
+    handle_temp_c: f64,
+    uptime_s: i64,
+    prox_v: f64,
+    session_energy_wh: f64,
+    config_status: i64,
+    evse_state: i64,
+}
+
+impl Vit {
+    fn max_out_v(&self) -> f64 {
+        self.volt_a.max(self.volt_b).max(self.volt_c)
+    }
+
+    fn phase_max_a(&self) -> f64 {
+        self.cur_a.max(self.cur_b).max(self.cur_c)
+    }
+}
+
+#[derive(Deserialize)]
+struct Wifi {
+    wifi_rssi: i64,
+    internet: bool,
+}
+
+#[derive(Deserialize)]
+struct Lifetime {
+    contactor_cycles: i64,
+    charge_starts: i64,
+    connector_cycles: i64,
+    energy_wh: i64,
+    uptime_s: i64,
+    charging_time_s: i64,
+}
+
+#[derive(Deserialize)]
+struct Version {
+    firmware_version: String,
+}
+
+/// A parsed message: envelope time and the charger's data.
+struct Msg<T> {
+    ts: i64,
+    d: T,
+}
+
+/// Messages of one kind per device; payloads that do not parse (quirks) are skipped.
+fn parse<T: DeserializeOwned>(
+    records: &[CaptureRecord],
+    kind: usize,
+) -> BTreeMap<String, Vec<Msg<T>>> {
+    let mut m: BTreeMap<String, Vec<Msg<T>>> = BTreeMap::new();
     for r in records {
-        let Ok(v) = serde_json::from_slice::<Value>(&r.payload) else {
+        if kind_index(&r.topic) != Some(kind) {
+            continue;
+        }
+        let Some(dev) = r.topic.split('/').nth(1) else {
             continue;
         };
-        let mut parts = r.topic.split('/');
-        let (Some(_), Some(dev), Some(kind)) = (parts.next(), parts.next(), parts.next()) else {
+        let Ok(e) = serde_json::from_slice::<Envelope<T>>(&r.payload) else {
             continue;
         };
-        let Some(k) = kind_index(&r.topic) else {
-            continue;
-        };
-        let (Some(ts), Some(data)) = (v["ts"].as_i64(), v.get("data")) else {
-            continue;
-        };
-        let _ = kind;
-        m.entry((dev.to_string(), k)).or_default().push(Msg {
-            ts,
-            data: data.clone(),
+        m.entry(dev.to_string()).or_default().push(Msg {
+            ts: e.ts,
+            d: e.data,
         });
     }
     m
 }
 
-fn f(v: &Value, k: &str) -> f64 {
-    v[k].as_f64().unwrap_or(f64::NAN)
-}
-
-fn b(v: &Value, k: &str) -> bool {
-    v[k].as_bool().unwrap_or(false)
-}
-
-fn max_out_v(v: &Value) -> f64 {
-    f(v, "voltageA_v")
-        .max(f(v, "voltageB_v"))
-        .max(f(v, "voltageC_v"))
-}
-
 /// Time spans (first, last sample) of consecutive samples where `pred` holds.
-fn runs(ms: &[Msg], pred: impl Fn(&Value) -> bool) -> Vec<(i64, i64)> {
+fn runs<T>(ms: &[Msg<T>], pred: impl Fn(&T) -> bool) -> Vec<(i64, i64)> {
     let mut out = Vec::new();
     let mut cur: Option<(i64, i64)> = None;
     for m in ms {
-        if pred(&m.data) {
+        if pred(&m.d) {
             cur = Some(match cur {
                 Some((a, _)) => (a, m.ts),
                 None => (m.ts, m.ts),
@@ -102,99 +164,97 @@ fn long(spans: Vec<(i64, i64)>, min_ms: i64) -> Vec<(i64, i64)> {
     spans.into_iter().filter(|(a, z)| z - a >= min_ms).collect()
 }
 
-/// The §8 signatures, as simple sample-span rules. Returns evidence spans per fault.
+/// Evidence: (first, last) sample times per detected fault.
+type Found = BTreeMap<FaultCode, Vec<(i64, i64)>>;
+
+/// The §8 signatures as simple sample-span rules, with one poll interval of slack where
+/// DOMAIN.md asks for it.
 fn detect(
     dev: &DeviceInfo,
-    vitals: &[Msg],
-    wifi: &[Msg],
+    vitals: &[Msg<Vit>],
+    wifi: &[Msg<Wifi>],
     all_ts: &[i64],
     poll: i64,
-) -> BTreeMap<FaultCode, Vec<(i64, i64)>> {
+) -> Found {
     use FaultCode::*;
-    let mut found: BTreeMap<FaultCode, Vec<(i64, i64)>> = BTreeMap::new();
+    let mut found = Found::new();
     let mut put = |code: FaultCode, spans: Vec<(i64, i64)>, min_count: usize| {
-        if spans.len() >= min_count && !spans.is_empty() {
+        if !spans.is_empty() && spans.len() >= min_count {
             found.insert(code, spans);
         }
     };
-    let cc = |v: &Value| b(v, "contactor_closed");
-    let amps = |v: &Value| f(v, "vehicle_current_a");
-    // F01: closed, live output, < 1 A for ≥ 20 s (one poll of slack), at least twice.
-    put(
-        F01,
-        long(
-            runs(vitals, |v| {
-                cc(v)
-                    && amps(v) < 1.0
-                    && f(v, "voltageB_v").max(max_out_v(v)) >= 0.8 * f(v, "grid_v")
-            }),
-            (20_000 - poll).max(1),
-        ),
-        2,
-    );
-    put(
-        F02,
-        long(
-            runs(vitals, |v| {
-                b(v, "vehicle_connected")
-                    && !cc(v)
-                    && v["evse_state"] == 9
-                    && f(v, "session_energy_wh") == 0.0
-            }),
-            10 * MIN,
-        ),
-        1,
-    );
+    // F01: closed, live output, < 1 A for ≥ 20 s, at least twice.
+    let dead_live = runs(vitals, |v| {
+        v.contactor_closed && v.vehicle_current_a < 1.0 && v.max_out_v() >= 0.8 * v.grid_v
+    });
+    put(F01, long(dead_live, (20_000 - poll).max(1)), 2);
+    let waiting = runs(vitals, |v| {
+        v.vehicle_connected
+            && !v.contactor_closed
+            && v.evse_state == 9
+            && v.session_energy_wh == 0.0
+    });
+    put(F02, long(waiting, 10 * MIN), 1);
     put(
         F03,
-        long(runs(vitals, |v| !cc(v) && max_out_v(v) > 50.0), 6_000),
+        long(
+            runs(vitals, |v| !v.contactor_closed && v.max_out_v() > 50.0),
+            6_000,
+        ),
         1,
     );
     put(
         F04,
         long(
-            runs(vitals, |v| cc(v) && max_out_v(v) < 0.2 * f(v, "grid_v")),
+            runs(vitals, |v| {
+                v.contactor_closed && v.max_out_v() < 0.2 * v.grid_v
+            }),
             1,
         ),
         1,
     );
-    put(F06, runs(vitals, |v| f(v, "handle_temp_c") >= 78.0), 1);
+    put(F06, runs(vitals, |v| v.handle_temp_c >= 78.0), 1);
     // F07: loaded voltage drop against the last idle sample before the close, per ampere.
     let mut r_high = Vec::new();
     let mut idle_v = f64::NAN;
     for m in vitals {
-        if !cc(&m.data) {
-            idle_v = f(&m.data, "grid_v");
-        } else if amps(&m.data) >= 20.0 && (idle_v - f(&m.data, "grid_v")) / amps(&m.data) > 0.15 {
+        let v = &m.d;
+        if !v.contactor_closed {
+            idle_v = v.grid_v;
+        } else if v.vehicle_current_a >= 20.0 && (idle_v - v.grid_v) / v.vehicle_current_a > 0.15 {
             r_high.push((m.ts, m.ts));
         }
     }
     put(F07, r_high, 2);
     // F09: the contactor opens right after a sample with > 5 A.
-    let mut abrupt = Vec::new();
-    for w in vitals.windows(2) {
-        if cc(&w[0].data)
-            && amps(&w[0].data) > 5.0
-            && !cc(&w[1].data)
-            && w[1].ts - w[0].ts <= 5 * poll / 2
-        {
-            abrupt.push((w[0].ts, w[1].ts));
-        }
-    }
+    let abrupt: Vec<(i64, i64)> = vitals
+        .windows(2)
+        .filter(|w| {
+            w[0].d.contactor_closed
+                && w[0].d.vehicle_current_a > 5.0
+                && !w[1].d.contactor_closed
+                && w[1].ts - w[0].ts <= 5 * poll / 2
+        })
+        .map(|w| (w[0].ts, w[1].ts))
+        .collect();
     put(F09, abrupt, 2);
     let limit = f64::from(dev.max_current_a) * 1.1 + 1.0;
-    put(F12, long(runs(vitals, |v| amps(v) > limit), 1), 1);
-    // F13: a gap while charging hard, and the unit comes back with its uptime reset.
-    let mut trips = Vec::new();
-    for w in vitals.windows(2) {
-        if cc(&w[0].data)
-            && amps(&w[0].data) > 10.0
-            && w[1].ts - w[0].ts > 3 * poll
-            && f(&w[1].data, "uptime_s") < f(&w[0].data, "uptime_s")
-        {
-            trips.push((w[0].ts, w[1].ts));
-        }
-    }
+    put(
+        F12,
+        long(runs(vitals, |v| v.vehicle_current_a > limit), 1),
+        1,
+    );
+    // F13: a gap while charging hard, after which the uptime has restarted.
+    let trips: Vec<(i64, i64)> = vitals
+        .windows(2)
+        .filter(|w| {
+            w[0].d.contactor_closed
+                && w[0].d.vehicle_current_a > 10.0
+                && w[1].ts - w[0].ts > 3 * poll
+                && w[1].d.uptime_s < w[0].d.uptime_s
+        })
+        .map(|w| (w[0].ts, w[1].ts))
+        .collect();
     put(F13, trips, 2);
     let (lo, hi, hz0) = if dev.service_type == "split_phase" {
         (220.0, 254.0, 60.0)
@@ -203,29 +263,28 @@ fn detect(
     };
     put(
         F14,
-        long(runs(vitals, |v| !(lo..=hi).contains(&f(v, "grid_v"))), MIN),
+        long(runs(vitals, |v| !(lo..=hi).contains(&v.grid_v)), MIN),
         1,
     );
     put(
         F15,
-        long(runs(vitals, |v| (f(v, "grid_hz") - hz0).abs() > 0.5), MIN),
+        long(runs(vitals, |v| (v.grid_hz - hz0).abs() > 0.5), MIN),
         1,
     );
     // F18: a connected stretch that never closes yet changes state at least 5 times.
     let mut osc = Vec::new();
-    let mut seg: Vec<&Msg> = Vec::new();
-    for m in vitals.iter().chain(std::iter::once(&Msg {
-        ts: i64::MAX,
-        data: Value::Null,
-    })) {
-        if b(&m.data, "vehicle_connected") {
+    let mut seg: Vec<&Msg<Vit>> = Vec::new();
+    for (i, m) in vitals.iter().enumerate() {
+        if m.d.vehicle_connected {
             seg.push(m);
-            continue;
+            if i + 1 < vitals.len() {
+                continue;
+            }
         }
-        if seg.len() > 1 && seg.iter().all(|s| !cc(&s.data)) {
+        if seg.len() > 1 && seg.iter().all(|s| !s.d.contactor_closed) {
             let changes = seg
                 .windows(2)
-                .filter(|w| w[0].data["evse_state"] != w[1].data["evse_state"])
+                .filter(|w| w[0].d.evse_state != w[1].d.evse_state)
                 .count();
             if changes >= 5 {
                 osc.push((seg[0].ts, seg[seg.len() - 1].ts));
@@ -234,29 +293,18 @@ fn detect(
         seg.clear();
     }
     put(F18, osc, 1);
-    put(
-        F19,
-        long(
-            runs(vitals, |v| {
-                b(v, "vehicle_connected") && !(1.0..=3.5).contains(&f(v, "prox_v"))
-            }),
-            1,
-        ),
-        1,
-    );
+    let prox_bad = runs(vitals, |v| {
+        v.vehicle_connected && !(1.0..=3.5).contains(&v.prox_v)
+    });
+    put(F19, long(prox_bad, 1), 1);
     put(
         F20,
-        long(
-            runs(wifi, |v| {
-                f(v, "wifi_rssi") < -80.0 && v["internet"] == false
-            }),
-            15 * MIN,
-        ),
+        long(runs(wifi, |w| w.wifi_rssi < -80 && !w.internet), 15 * MIN),
         1,
     );
     let resets: Vec<(i64, i64)> = vitals
         .windows(2)
-        .filter(|w| f(&w[1].data, "uptime_s") < f(&w[0].data, "uptime_s"))
+        .filter(|w| w[1].d.uptime_s < w[0].d.uptime_s)
         .map(|w| (w[0].ts, w[1].ts))
         .collect();
     if resets.windows(3).any(|w| w[2].1 - w[0].0 <= 24 * HOUR) {
@@ -264,21 +312,23 @@ fn detect(
     }
     put(
         F23,
-        long(runs(vitals, |v| v["config_status"] != 5), 10 * MIN),
+        long(runs(vitals, |v| v.config_status != 5), 10 * MIN),
         1,
     );
     let mut sensor = long(
-        runs(vitals, |v| {
-            !cc(v)
-                && f(v, "currentA_a")
-                    .max(f(v, "currentB_a"))
-                    .max(f(v, "currentC_a"))
-                    > 1.0
-        }),
+        runs(vitals, |v| !v.contactor_closed && v.phase_max_a() > 1.0),
         MIN,
     );
-    let stuck = long(runs_const(vitals, "handle_temp_c"), 24 * HOUR);
-    sensor.extend(stuck);
+    // A stuck sensor: the handle reads one value for > 24 h while the board temperature moves.
+    let stuck = long(constant_spans(vitals, |v| v.handle_temp_c), 24 * HOUR);
+    sensor.extend(stuck.into_iter().filter(|&(a, z)| {
+        let pcba = vitals
+            .iter()
+            .filter(|m| (a..=z).contains(&m.ts))
+            .map(|m| m.d.pcba_temp_c);
+        let (lo, hi) = pcba.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        hi - lo >= 0.5
+    }));
     put(F24, sensor, 1);
     let gaps: Vec<(i64, i64)> = all_ts
         .windows(2)
@@ -289,15 +339,12 @@ fn detect(
     found
 }
 
-/// Spans over which `key` keeps exactly the same value.
-fn runs_const(ms: &[Msg], key: &str) -> Vec<(i64, i64)> {
+/// Spans over which a reading keeps exactly the same value.
+fn constant_spans(ms: &[Msg<Vit>], get: impl Fn(&Vit) -> f64) -> Vec<(i64, i64)> {
     let mut out = Vec::new();
     let mut cur: Option<(f64, i64, i64)> = None;
     for m in ms {
-        let v = f(&m.data, key);
-        if v.is_nan() {
-            continue;
-        }
+        let v = get(&m.d);
         cur = match cur {
             Some((x, a, _)) if x == v => Some((x, a, m.ts)),
             Some((_, a, z)) => {
@@ -315,26 +362,27 @@ fn runs_const(ms: &[Msg], key: &str) -> Vec<(i64, i64)> {
 
 struct Scan {
     sim: Simulator,
-    found: BTreeMap<String, BTreeMap<FaultCode, Vec<(i64, i64)>>>,
+    found: BTreeMap<String, Found>,
 }
 
 fn scan(cfg: SimConfig) -> Scan {
     let poll = cfg.poll_interval_ms;
     let (sim, records, _) = run(cfg);
-    let parsed = parse(&records);
+    let vitals = parse::<Vit>(&records, VITALS);
+    let wifi = parse::<Wifi>(&records, WIFI);
+    let mut all_ts: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for r in &records {
+        if let Some(dev) = r.topic.split('/').nth(1) {
+            all_ts.entry(dev).or_default().push(r.ts_ms);
+        }
+    }
     let mut found = BTreeMap::new();
     for dev in sim.devices() {
-        let id = dev.device_id.clone();
-        let empty = Vec::new();
-        let vitals = parsed.get(&(id.clone(), 0)).unwrap_or(&empty);
-        let wifi = parsed.get(&(id.clone(), 2)).unwrap_or(&empty);
-        let prefix = format!("wc/{id}/");
-        let all_ts: Vec<i64> = records
-            .iter()
-            .filter(|r| r.topic.starts_with(&prefix))
-            .map(|r| r.ts_ms)
-            .collect();
-        found.insert(id, detect(dev, vitals, wifi, &all_ts, poll));
+        let id = dev.device_id.as_str();
+        let v = vitals.get(id).map_or(&[][..], Vec::as_slice);
+        let w = wifi.get(id).map_or(&[][..], Vec::as_slice);
+        let ts = all_ts.get(id).map_or(&[][..], Vec::as_slice);
+        found.insert(id.to_string(), detect(dev, v, w, ts, poll));
     }
     Scan { sim, found }
 }
@@ -344,9 +392,9 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
     let mut cfg = config(4, 3 * HOUR, 10_000, 7);
     cfg.faults = vec![FaultCode::F01, FaultCode::F14];
     let (mut sim, a, stats_a) = run(cfg.clone());
-    let (_, b2, stats_b) = run(cfg.clone());
+    let (_, b, stats_b) = run(cfg.clone());
     assert!(!a.is_empty());
-    assert_eq!(a, b2);
+    assert_eq!(a, b);
     assert_eq!(stats_a, stats_b);
     // Running the same simulator again replays the same plan.
     let mut again = Vec::new();
@@ -377,7 +425,7 @@ fn payloads_are_enveloped_json_in_time_order() {
         assert_eq!(parts[0], "wc");
         assert!(sim.devices().iter().any(|d| d.device_id == parts[1]));
         assert!(kind_index(&r.topic).is_some(), "{}", r.topic);
-        // seq counts every message of a device, whatever its kind.
+        // seq counts every message of a device, whatever its kind; truncated payloads too.
         let next = seqs.entry(parts[1].to_string()).or_insert(0);
         let text = String::from_utf8(r.payload.clone()).expect("payload is UTF-8");
         let seq_here: u64 = text
@@ -411,9 +459,13 @@ fn payloads_are_enveloped_json_in_time_order() {
     assert!(stats.timeouts > 0, "quirks on: some polls time out");
     // Vitals every 5 s, lifetime and wifi every minute, version hourly plus one at start.
     let per_dev = |k: usize| stats.per_kind[k] as f64 / 6.0;
-    assert!((per_dev(0) - 4_320.0).abs() < 120.0, "{}", per_dev(0));
-    assert!((per_dev(1) - 360.0).abs() < 15.0);
-    assert!((per_dev(3) - 6.0).abs() <= 1.0);
+    assert!(
+        (per_dev(VITALS) - 4_320.0).abs() < 120.0,
+        "{}",
+        per_dev(VITALS)
+    );
+    assert!((per_dev(LIFETIME) - 360.0).abs() < 15.0);
+    assert!((per_dev(VERSION) - 6.0).abs() <= 1.0);
 }
 
 #[test]
@@ -438,61 +490,60 @@ fn quirks_show_up_in_a_big_enough_run() {
         records.iter().any(|r| text(r).contains(":nan")),
         "a bare nan somewhere"
     );
-    let fields: Vec<String> = records
+    assert!(
+        records
+            .iter()
+            .any(|r| r.topic.ends_with("/vitals") && !text(r).ends_with("}}")),
+        "a truncated vitals payload somewhere"
+    );
+    let mut schemas: Vec<String> = records
         .iter()
         .filter(|r| r.topic.ends_with("/vitals"))
         .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
         .map(|v| {
-            let mut keys: Vec<&String> = v["data"]
+            let keys: Vec<&str> = v["data"]
                 .as_object()
-                .map(|o| o.keys().collect())
+                .map(|o| o.keys().map(String::as_str).collect())
                 .unwrap_or_default();
-            keys.sort();
-            keys.iter()
-                .map(|k| k.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
+            keys.join(",")
         })
         .collect();
-    // Several vitals schemas: relay_coil_v vs K1/K2, with or without reasons, quirk drops.
-    let mut kinds = fields.clone();
-    kinds.sort();
-    kinds.dedup();
-    assert!(kinds.len() >= 3, "{kinds:?}");
+    schemas.sort();
+    schemas.dedup();
+    // relay_coil_v vs K1/K2, with or without reasons, and quirk drops.
+    assert!(schemas.len() >= 3, "{schemas:?}");
 }
 
 #[test]
 fn one_unit_upgrades_its_firmware_mid_run() {
     let (sim, records, _) = run(config(6, 8 * HOUR, 10_000, 21));
-    let parsed = parse(&records);
+    let versions = parse::<Version>(&records, VERSION);
+    let vitals = parse::<Vit>(&records, VITALS);
     let mut upgraded = 0;
     for d in sim.devices() {
-        let versions: Vec<String> = parsed
-            .get(&(d.device_id.clone(), 3))
-            .map(|v| {
-                v.iter()
-                    .filter_map(|m| m.data["firmware_version"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let first = versions.first().cloned().unwrap_or_default();
+        let seen: Vec<&str> = versions[&d.device_id]
+            .iter()
+            .map(|m| m.d.firmware_version.as_str())
+            .collect();
+        let first = seen[0];
         assert!(
-            first.starts_with(&d.firmware_version),
+            first.starts_with(&format!("{}+g", d.firmware_version)),
             "{first} vs {}",
             d.firmware_version
         );
-        if versions.iter().any(|v| *v != first) {
+        if seen.iter().any(|v| *v != first) {
             upgraded += 1;
-            let vitals = &parsed[&(d.device_id.clone(), 0)];
+            let v = &vitals[&d.device_id];
+            assert!(v[0].d.relay_coil_v.is_some() && v[0].d.relay_k1_v.is_none());
             assert!(
-                vitals
-                    .first()
-                    .is_some_and(|m| m.data.get("relay_coil_v").is_some())
+                v[v.len() - 1].d.relay_k1_v.is_some() && v[v.len() - 1].d.relay_coil_v.is_none()
             );
-            assert!(
-                vitals
-                    .last()
-                    .is_some_and(|m| m.data.get("relay_k1_v").is_some())
+            // the upgrade reboots the unit once
+            assert_eq!(
+                v.windows(2)
+                    .filter(|w| w[1].d.uptime_s < w[0].d.uptime_s)
+                    .count(),
+                1
             );
         }
     }
@@ -501,44 +552,42 @@ fn one_unit_upgrades_its_firmware_mid_run() {
 
 #[test]
 fn healthy_sessions_follow_the_observed_timeline() {
-    // 22:00 UTC: the window covers the North-American evening, when most sessions start.
-    let mut cfg = config(8, 12 * HOUR, 2_000, 4);
+    // 22:00 UTC to 18:00 UTC: North-American evening plug-ins through next-morning unplugs.
+    let mut cfg = config(6, 20 * HOUR, 2_000, 4);
     cfg.start_ms = START - 2 * HOUR;
     cfg.quirks = false;
     let (sim, records, _) = run(cfg);
-    let parsed = parse(&records);
+    let parsed = parse::<Vit>(&records, VITALS);
+    let amps = |m: &Msg<Vit>| m.d.vehicle_current_a;
     let mut sessions = 0;
     for d in sim.devices() {
-        let Some(vitals) = parsed.get(&(d.device_id.clone(), 0)) else {
+        let Some(vitals) = parsed.get(&d.device_id) else {
             continue;
         };
         let mut i = 0;
         while i < vitals.len() {
-            if !b(&vitals[i].data, "vehicle_connected") {
+            if !vitals[i].d.vehicle_connected {
                 i += 1;
                 continue;
             }
             let s0 = i;
-            while i < vitals.len() && b(&vitals[i].data, "vehicle_connected") {
+            while i < vitals.len() && vitals[i].d.vehicle_connected {
                 i += 1;
             }
-            let seg = &vitals[s0..i];
             if i >= vitals.len() || s0 == 0 {
                 continue; // cut by the run's edges
             }
+            let seg = &vitals[s0..i];
             sessions += 1;
             let plug = seg[0].ts;
-            assert!(seg[0].data["session_s"].as_i64().is_some_and(|s| s <= 3));
-            assert_eq!(f(&seg[0].data, "session_energy_wh"), 0.0);
-            assert!(matches!(
-                seg[0].data["evse_state"].as_i64(),
-                Some(2 | 3 | 7 | 9)
-            ));
-            // state 7 only briefly, at plug-in or at the button press
-            for r in runs(seg, |v| v["evse_state"] == 7) {
-                assert!(r.1 - r.0 <= 4_000, "state 7 for {} ms", r.1 - r.0);
+            assert!(seg[0].d.session_s <= 3);
+            assert_eq!(seg[0].d.session_energy_wh, 0.0);
+            assert!(matches!(seg[0].d.evse_state, 2 | 3 | 7 | 9));
+            // State 7 only briefly, at plug-in or at the button press.
+            for (a, z) in runs(seg, |v| v.evse_state == 7) {
+                assert!(z - a <= 4_000, "state 7 for {} ms", z - a);
             }
-            let Some(c) = seg.iter().position(|m| b(&m.data, "contactor_closed")) else {
+            let Some(c) = seg.iter().position(|m| m.d.contactor_closed) else {
                 continue;
             };
             let close = seg[c].ts;
@@ -549,7 +598,7 @@ fn healthy_sessions_follow_the_observed_timeline() {
             );
             let first_amp = seg[c..]
                 .iter()
-                .find(|m| amps_of(m) >= 1.0)
+                .find(|m| amps(m) >= 1.0)
                 .map(|m| m.ts)
                 .expect("current flows");
             let delay = first_amp - close;
@@ -557,12 +606,11 @@ fn healthy_sessions_follow_the_observed_timeline() {
                 (3_000..=10_000).contains(&delay),
                 "first ampere {delay} ms after close"
             );
-            // reaches its steady level within ~45 s, through a plateau near 16 A when above it
-            let closed: Vec<&Msg> = seg[c..]
+            let closed: Vec<&Msg<Vit>> = seg[c..]
                 .iter()
-                .take_while(|m| b(&m.data, "contactor_closed"))
+                .take_while(|m| m.d.contactor_closed)
                 .collect();
-            let peak = closed.iter().map(|m| amps_of(m)).fold(0.0, f64::max);
+            let peak = closed.iter().map(|m| amps(m)).fold(0.0, f64::max);
             assert!(
                 peak <= f64::from(d.max_current_a) + 0.3,
                 "{peak} A on a {} A unit",
@@ -570,58 +618,49 @@ fn healthy_sessions_follow_the_observed_timeline() {
             );
             let reach = closed
                 .iter()
-                .find(|m| amps_of(m) >= 0.95 * peak)
+                .find(|m| amps(m) >= 0.95 * peak)
                 .map(|m| m.ts)
                 .expect("peak");
             if peak >= 24.0 && closed.len() > 40 {
+                // §3: 39–40 A about 33 s after close; lower targets skip the upper plateaus.
+                let window = if peak >= 38.0 {
+                    25_000..=45_000
+                } else {
+                    12_000..=45_000
+                };
                 assert!(
-                    (20_000..=50_000).contains(&(reach - close)),
-                    "target after {} ms",
+                    window.contains(&(reach - close)),
+                    "{peak} A after {} ms",
                     reach - close
                 );
+                // …through a plateau near 16 A
                 assert!(
                     closed
                         .iter()
-                        .filter(|m| (14.0..=18.0).contains(&amps_of(m)))
+                        .filter(|m| (14.0..=18.0).contains(&amps(m)))
                         .count()
                         >= 2
                 );
-            }
-            // the last closed sample shows the car already near zero
-            let last = closed.last().expect("closed");
-            assert!(amps_of(last) < 5.0);
-            // energy integrates and never falls during the session, then persists after unplug
-            let e: Vec<f64> = seg
-                .iter()
-                .map(|m| f(&m.data, "session_energy_wh"))
-                .collect();
-            assert!(e.windows(2).all(|w| w[1] >= w[0]));
-            if let Some(after) = vitals.get(i) {
-                assert_eq!(f(&after.data, "session_energy_wh"), e[e.len() - 1]);
-                assert_eq!(after.data["session_s"], 0);
-            }
-            // the button press precedes the unplug
-            assert_eq!(
-                seg[seg.len() - 1].data["evse_state"],
-                7,
-                "{}",
-                seg[seg.len() - 1].data
-            );
-            assert!(f(&seg[seg.len() - 1].data, "prox_v") > 2.5);
-            // grid sags under load by I × R_source (0.04–0.09 Ω)
-            if peak >= 24.0 {
-                let idle = f(&seg[c - 1].data, "grid_v");
-                let loaded = f(&closed[closed.len() / 2].data, "grid_v");
-                let r = (idle - loaded) / amps_of(closed[closed.len() / 2]);
+                // grid_v sags by I × R_source (0.04–0.09 Ω)
+                let mid = closed[closed.len() / 2];
+                let r = (seg[c - 1].d.grid_v - mid.d.grid_v) / amps(mid);
                 assert!((-0.05..0.15).contains(&r), "r_source {r}");
             }
+            // The car is already near zero in the last closed sample.
+            assert!(closed.last().is_some_and(|m| amps(m) < 5.0));
+            // Energy integrates and never falls, then persists after the unplug.
+            let e: Vec<f64> = seg.iter().map(|m| m.d.session_energy_wh).collect();
+            assert!(e.windows(2).all(|w| w[1] >= w[0]));
+            let after = &vitals[i].d;
+            assert_eq!(after.session_energy_wh, e[e.len() - 1]);
+            assert_eq!(after.session_s, 0);
+            // The button press precedes the unplug.
+            let last = &seg[seg.len() - 1].d;
+            assert_eq!(last.evse_state, 7, "{last:?}");
+            assert!(last.prox_v > 2.5);
         }
     }
-    assert!(sessions >= 3, "only {sessions} sessions");
-}
-
-fn amps_of(m: &Msg) -> f64 {
-    f(&m.data, "vehicle_current_a")
+    assert!(sessions >= 5, "only {sessions} sessions");
 }
 
 #[test]
@@ -629,40 +668,45 @@ fn lifetime_counters_track_the_sessions() {
     let mut cfg = config(5, 12 * HOUR, 10_000, 9);
     cfg.quirks = false;
     let (sim, records, _) = run(cfg);
-    let parsed = parse(&records);
+    let parsed = parse::<Lifetime>(&records, LIFETIME);
     for (idx, d) in sim.devices().iter().enumerate() {
-        let lt = &parsed[&(d.device_id.clone(), 1)];
+        let lt = &parsed[&d.device_id];
         let (a, z) = (&lt[0], &lt[lt.len() - 1]);
-        let delta = |k: &str| f(&z.data, k) - f(&a.data, k);
         let plan = &sim.plans[idx];
         let plugs = plan
             .sessions
             .iter()
             .filter(|s| s.plug > a.ts && s.plug <= z.ts)
-            .count() as f64;
+            .count() as i64;
         let closes = plan
             .sessions
             .iter()
             .flat_map(|s| &s.attempts)
             .filter(|x| x.close > a.ts && x.close <= z.ts)
-            .count() as f64;
-        assert_eq!(delta("connector_cycles"), plugs, "{}", d.device_id);
-        assert_eq!(delta("charge_starts"), closes);
-        assert_eq!(delta("contactor_cycles"), closes);
-        assert!(delta("energy_wh") >= 0.0);
-        assert!(delta("uptime_s") > 0.0);
-        if closes > 0.0 {
-            assert!(delta("charging_time_s") > 0.0);
-            assert!(delta("energy_wh") > 0.0);
+            .count() as i64;
+        assert_eq!(
+            z.d.connector_cycles - a.d.connector_cycles,
+            plugs,
+            "{}",
+            d.device_id
+        );
+        assert_eq!(z.d.charge_starts - a.d.charge_starts, closes);
+        assert_eq!(z.d.contactor_cycles - a.d.contactor_cycles, closes);
+        assert!(z.d.energy_wh >= a.d.energy_wh);
+        assert!(z.d.uptime_s > a.d.uptime_s);
+        if closes > 0 {
+            assert!(z.d.charging_time_s > a.d.charging_time_s);
+            assert!(z.d.energy_wh > a.d.energy_wh);
         }
     }
 }
 
 #[test]
 fn healthy_fleet_shows_no_fault_signature() {
-    for (poll, seed) in [(10_000, 31), (2_000, 32), (30_000, 33)] {
-        let hours = if poll == 2_000 { 12 } else { 30 };
-        let sc = scan(config(8, hours * HOUR, poll, seed));
+    for (poll, devices, hours, seed) in
+        [(10_000, 6, 26, 31), (2_000, 4, 8, 32), (30_000, 8, 30, 33)]
+    {
+        let sc = scan(config(devices, hours * HOUR, poll, seed));
         assert!(sc.sim.labels().is_empty());
         for (dev, found) in &sc.found {
             assert!(
@@ -673,8 +717,8 @@ fn healthy_fleet_shows_no_fault_signature() {
     }
 }
 
-/// Injects `code` into a small fleet and checks its device shows the signature inside the
-/// label, and no other device shows anything.
+/// Injects `code` into a small fleet and checks that its device shows the signature inside
+/// the label, and that no other device shows anything.
 fn check_fault(code: FaultCode, poll: i64, duration_ms: i64, seed: u64) {
     let mut cfg = config(3, duration_ms, poll, seed);
     cfg.faults = vec![code];
@@ -709,13 +753,18 @@ fn check_fault(code: FaultCode, poll: i64, duration_ms: i64, seed: u64) {
 #[test]
 fn every_fault_recipe_shows_its_signature() {
     for (i, code) in FaultCode::ALL.iter().copied().enumerate() {
+        // F01's 25–31 s closures need polls shorter than its 20 s threshold to be seen whole.
         let poll = if code == FaultCode::F01 {
             2_000
         } else {
             10_000
         };
-        let duration = code.min_duration_ms() + 30 * MIN;
-        check_fault(code, poll, duration, 100 + i as u64);
+        check_fault(
+            code,
+            poll,
+            code.min_duration_ms() + 30 * MIN,
+            100 + i as u64,
+        );
     }
 }
 
@@ -726,13 +775,11 @@ fn f01_replicates_the_s1_capture() {
     cfg.quirks = false;
     let (sim, records, _) = run(cfg);
     let l = &sim.labels()[0];
-    let parsed = parse(&records);
-    let vitals = &parsed[&(l.device_id.clone(), 0)];
+    let parsed = parse::<Vit>(&records, VITALS);
+    let vitals = &parsed[&l.device_id];
     let dead = long(
         runs(vitals, |v| {
-            b(v, "contactor_closed")
-                && f(v, "vehicle_current_a") < 1.0
-                && f(v, "voltageB_v") >= 0.8 * f(v, "grid_v")
+            v.contactor_closed && v.vehicle_current_a < 1.0 && v.volt_b >= 0.8 * v.grid_v
         }),
         20_000,
     );
@@ -740,8 +787,8 @@ fn f01_replicates_the_s1_capture() {
     for (a, z) in &dead {
         assert!(z - a <= 31_000, "dead closure of {} ms", z - a);
     }
-    // …in at least two sessions, and energy never moves in them
-    let sessions = runs(vitals, |v| b(v, "vehicle_connected"))
+    // …in at least two sessions, in which the energy never moves.
+    let sessions = runs(vitals, |v| v.vehicle_connected)
         .into_iter()
         .filter(|&(a, z)| dead.iter().any(|&(x, _)| x >= a && x <= z))
         .count();
@@ -750,7 +797,7 @@ fn f01_replicates_the_s1_capture() {
         vitals
             .iter()
             .filter(|m| m.ts >= l.onset_ms && m.ts <= l.end_ms)
-            .all(|m| f(&m.data, "session_energy_wh") == 0.0)
+            .all(|m| m.d.session_energy_wh == 0.0)
     );
 }
 
@@ -778,10 +825,10 @@ fn fault_rate_spreads_random_faults() {
         .map(|l| l.device_id.as_str())
         .collect();
     for d in sim.devices() {
-        if !f13.contains(&d.device_id.as_str()) {
-            assert_eq!(d.max_current_a * 5, d.breaker_a * 4, "{d:?}");
+        if f13.contains(&d.device_id.as_str()) {
+            assert!(d.max_current_a * 5 > d.breaker_a * 4, "{d:?}");
         } else {
-            assert!(d.max_current_a * 5 > d.breaker_a * 4);
+            assert_eq!(d.max_current_a * 5, d.breaker_a * 4, "{d:?}");
         }
     }
 }
@@ -794,65 +841,60 @@ fn config_errors_say_what_to_fix() {
             .map(|e| e.to_string())
             .unwrap_or_default()
     };
-    assert!(
-        bad(SimConfig {
-            devices: 0,
-            ..SimConfig::default()
-        })
-        .contains("devices")
-    );
+    let d = SimConfig::default;
+    assert!(bad(SimConfig { devices: 0, ..d() }).contains("devices"));
     assert!(
         bad(SimConfig {
             duration_ms: 0,
-            ..SimConfig::default()
+            ..d()
         })
         .contains("duration_ms")
     );
     assert!(
         bad(SimConfig {
             poll_interval_ms: 1_000,
-            ..SimConfig::default()
+            ..d()
         })
         .contains("2000..=30000")
     );
     assert!(
         bad(SimConfig {
             fault_rate: 1.5,
-            ..SimConfig::default()
+            ..d()
         })
         .contains("fault_rate")
     );
     assert!(
         bad(SimConfig {
             fault_rate: f64::NAN,
-            ..SimConfig::default()
+            ..d()
         })
         .contains("fault_rate")
     );
     assert!(
         bad(SimConfig {
             device_prefix: "a/b".into(),
-            ..SimConfig::default()
+            ..d()
         })
         .contains("device_prefix")
     );
     assert!(
         bad(SimConfig {
             start_ms: -1,
-            ..SimConfig::default()
+            ..d()
         })
         .contains("start_ms")
     );
     let too_many = SimConfig {
         devices: 1,
         faults: vec![FaultCode::F01, FaultCode::F02],
-        ..SimConfig::default()
+        ..d()
     };
     assert!(bad(too_many).contains("only 1 devices"));
     let short = SimConfig {
         duration_ms: 30 * MIN,
         faults: vec![FaultCode::F09],
-        ..SimConfig::default()
+        ..d()
     };
     assert!(bad(short).contains("F09 needs a duration"));
 }
@@ -861,6 +903,7 @@ fn config_errors_say_what_to_fix() {
 fn fault_codes_parse_and_print() {
     for c in FaultCode::ALL {
         assert_eq!(c.to_string().parse::<FaultCode>().ok(), Some(c));
+        assert!(c.min_duration_ms() <= 3 * HOUR);
     }
     assert_eq!(" f07 ".parse::<FaultCode>().ok(), Some(FaultCode::F07));
     let e = "F99"
@@ -912,16 +955,25 @@ fn numbers_are_formatted_like_the_captures() {
         .expect("a vitals message");
     let data = &v[v.find("\"data\":").map_or(0, |i| i + 7)..];
     assert!(data.starts_with("{\"contactor_closed\":"), "{data}");
+    let value_of = |key: &str| {
+        data.split(&format!("\"{key}\":"))
+            .nth(1)
+            .and_then(|after| after.split([',', '}']).next())
+            .unwrap_or("")
+            .to_string()
+    };
     for (key, decimals) in [
         ("grid_v", 1),
         ("grid_hz", 3),
         ("session_energy_wh", 3),
         ("vehicle_current_a", 1),
     ] {
-        let after = data.split(&format!("\"{key}\":")).nth(1).expect(key);
-        let num = after.split([',', '}']).next().unwrap_or("");
-        let frac = num.split('.').nth(1).unwrap_or("");
-        assert_eq!(frac.len(), decimals, "{key}={num}");
+        let num = value_of(key);
+        assert_eq!(
+            num.split('.').nth(1).map(str::len),
+            Some(decimals),
+            "{key}={num}"
+        );
     }
     for key in [
         "uptime_s",
@@ -930,27 +982,33 @@ fn numbers_are_formatted_like_the_captures() {
         "config_status",
         "session_s",
     ] {
-        let after = data.split(&format!("\"{key}\":")).nth(1).expect(key);
-        let num = after.split([',', '}']).next().unwrap_or("");
-        assert!(!num.contains('.'), "{key}={num}");
+        let num = value_of(key);
+        assert!(!num.is_empty() && !num.contains('.'), "{key}={num}");
     }
     assert!(data.contains("\"current_alerts\":[]"));
 }
 
+/// Throughput probe, not a pass/fail check (performance belongs to benches): 200 chargers
+/// for 24 h at 10 s is ~1.7 M vitals. Run with
+/// `cargo test --release --lib sim::tests::throughput -- --ignored --nocapture`.
 #[test]
 #[ignore]
-fn debug_dump() {
-    let mut cfg = config(20, 5 * HOUR, 10_000, 4);
-    cfg.faults = FaultCode::ALL.to_vec();
-    let (sim, records, stats) = run(cfg);
-    eprintln!("{stats:?}");
-    let mut w = std::fs::File::create("/tmp/sim_labels.csv").expect("f");
-    write_labels_csv(sim.labels(), &mut w).expect("w");
-    let mut w = std::fs::File::create("/tmp/sim_devices.csv").expect("f");
-    write_devices_csv(sim.devices(), &mut w).expect("w");
-    let mut w = std::fs::File::create("/tmp/sim_dump.jsonl").expect("f");
-    use std::io::Write as _;
-    for r in &records {
-        writeln!(w, "{}", r.render()).expect("w");
-    }
+fn throughput() {
+    let hours: i64 = std::env::var("SIM_HOURS")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(24);
+    let mut sim = Simulator::new(config(200, hours * HOUR, 10_000, 1)).expect("valid");
+    let started = std::time::Instant::now();
+    let mut bytes = 0usize;
+    let stats = sim
+        .run(&mut |r| {
+            bytes += r.payload.len() + r.topic.len();
+            Ok(())
+        })
+        .expect("run");
+    eprintln!(
+        "{stats:?}: {bytes} bytes in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 }

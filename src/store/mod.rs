@@ -612,3 +612,6 @@ fn remove_orphans(dir: &Path, m: &Manifest) -> Result<usize, StoreError> {
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests;
