@@ -3,7 +3,7 @@
 //! `{"ts": "<RFC 3339 receive time>", "topic": "wc/<id>/<kind>", "payload": <JSON value>}`, or
 //! `"payload_b64": "<base64>"` instead of `payload` for bytes that are not JSON. This module
 //! owns only the line format (parse and render); reading and writing files is the caller's.
-//! Payload bytes round-trip exactly: a JSON payload is kept as the exact text it arrived as
+//! Also the real vitals log line (`<RFC 3339> [INFO] vitals: <json>`). Payload bytes round-trip exactly: a JSON payload is kept as the exact text it arrived as
 //! (`serde_json::value::RawValue`), so `record` → `replay` is byte-exact.
 
 use base64::Engine as _;
@@ -74,6 +74,19 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
         Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         None => ms.to_string(),
     }
+}
+
+/// The real vitals log format: splits `<RFC 3339> [LEVEL] vitals: <json>` into (epoch ms, JSON bytes).
+pub fn parse_vitals_line(line: &[u8]) -> Result<(i64, &[u8]), String> {
+    let sp = memchr::memchr(b' ', line).ok_or("not a vitals log line (no space after the time)")?;
+    let ts = std::str::from_utf8(&line[..sp])
+        .ok()
+        .and_then(parse_rfc3339_ms)
+        .ok_or("not a vitals log line (does not start with an RFC 3339 time)")?;
+    let marker = b"vitals: ";
+    let at = memchr::memmem::find(&line[sp..], marker)
+        .ok_or("not a vitals log line (no `vitals: ` before the JSON)")?;
+    Ok((ts, &line[sp + at + marker.len()..]))
 }
 
 impl CaptureRecord {
@@ -160,6 +173,16 @@ mod tests {
             assert!(line.contains("payload_b64"), "{line}");
             assert_eq!(CaptureRecord::parse(&line).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn vitals_line() {
+        let l = br#"2025-12-21T04:39:18.721454164Z [INFO] vitals: {"grid_v":246.3}"#;
+        let (ts, p) = parse_vitals_line(l).unwrap();
+        assert_eq!(ts, 1_766_291_958_721);
+        assert_eq!(p, br#"{"grid_v":246.3}"#);
+        assert!(parse_vitals_line(b"garbage").is_err());
+        assert!(parse_vitals_line(b"2025-12-21T04:39:18Z [INFO] other: {}").is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
         }
     };
     let ms = n * scale;
-    if !(ms.is_finite() && ms >= 0.0 && ms < 1e15) {
+    if !(ms.is_finite() && (0.0..1e15).contains(&ms)) {
         return Err(format!("duration {s:?} is out of range"));
     }
     Ok(ms.round() as i64)

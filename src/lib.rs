@@ -1,7 +1,7 @@
 //! wallscope: a remote-diagnostics telemetry engine for EV wall chargers.
 //!
 //! Modules follow the pipeline and depend only downwards (docs/ARCHITECTURE.md):
-//! layer 0 `model`, `clock`; 1 `config`, `capture`, `decode`, `sim`; 2 `batch`;
+//! layer 0 `model`, `clock`, `capture`; 1 `config`, `decode`, `sim`; 2 `batch`;
 //! 3 `store`, `source`; 4 `query`; 5 `pipeline`; 6 `cli`.
 
 pub mod batch;

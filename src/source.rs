@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use crate::capture::{CaptureRecord, parse_rfc3339_ms};
+use crate::capture::{CaptureRecord, parse_vitals_line};
 use crate::model::Message;
 
 /// The input file formats.
@@ -119,19 +119,6 @@ fn trim_newline(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\r").unwrap_or(b)
 }
 
-/// Splits `<RFC 3339> [LEVEL] vitals: <json>` into (epoch ms, JSON bytes).
-pub fn parse_vitals_line(line: &[u8]) -> Result<(i64, &[u8]), String> {
-    let sp = memchr::memchr(b' ', line).ok_or("not a vitals log line (no space after the time)")?;
-    let ts = std::str::from_utf8(&line[..sp])
-        .ok()
-        .and_then(parse_rfc3339_ms)
-        .ok_or("not a vitals log line (does not start with an RFC 3339 time)")?;
-    let marker = b"vitals: ";
-    let at = memchr::memmem::find(&line[sp..], marker)
-        .ok_or("not a vitals log line (no `vitals: ` before the JSON)")?;
-    Ok((ts, &line[sp + at + marker.len()..]))
-}
-
 /// Total size of the inputs (for a progress bar).
 pub fn total_bytes(paths: &[PathBuf]) -> u64 {
     paths
@@ -151,19 +138,4 @@ pub fn read_to_vec(path: &Path) -> Result<Vec<u8>, SourceError> {
             source,
         })?;
     Ok(v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vitals_line() {
-        let l = br#"2025-12-21T04:39:18.721454164Z [INFO] vitals: {"grid_v":246.3}"#;
-        let (ts, p) = parse_vitals_line(l).unwrap();
-        assert_eq!(ts, 1_766_291_958_721);
-        assert_eq!(p, br#"{"grid_v":246.3}"#);
-        assert!(parse_vitals_line(b"garbage").is_err());
-        assert!(parse_vitals_line(b"2025-12-21T04:39:18Z [INFO] other: {}").is_err());
-    }
 }

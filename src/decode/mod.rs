@@ -415,7 +415,7 @@ impl Decoder {
         if !c.eat(b'}') {
             loop {
                 c.ws();
-                let (key, escaped) = c.raw_string()?;
+                let (known, key, escaped) = read_key(&mut c, table, expect)?;
                 c.expect(b':', "expected ':' after a key")?;
                 c.ws();
                 let is_env = *envelope.get_or_insert(matches!(key, b"ts" | b"seq" | b"data"));
@@ -442,7 +442,7 @@ impl Decoder {
                         }
                     }
                 } else {
-                    self.field(&mut c, table, key, escaped, 1, &mut expect)?;
+                    self.field(&mut c, table, known, key, escaped, 1, &mut expect)?;
                 }
                 c.ws();
                 if c.eat(b',') {
@@ -493,10 +493,10 @@ impl Decoder {
         }
         loop {
             c.ws();
-            let (key, escaped) = c.raw_string()?;
+            let (known, key, escaped) = read_key(c, table, *expect)?;
             c.expect(b':', "expected ':' after a key")?;
             c.ws();
-            self.field(c, table, key, escaped, depth, expect)?;
+            self.field(c, table, known, key, escaped, depth, expect)?;
             c.ws();
             if c.eat(b',') {
                 continue;
@@ -520,6 +520,7 @@ impl Decoder {
         &mut self,
         c: &mut Cursor<'_>,
         table: Table,
+        known: Option<usize>,
         key: &[u8],
         escaped: bool,
         depth: usize,
@@ -527,12 +528,17 @@ impl Decoder {
     ) -> Result<(), Reject> {
         let specs = table.fields();
         // Firmware serves fields in a fixed order: try the next expected one first.
-        let idx = if escaped {
+        let idx = if known.is_some() {
+            known
+        } else if escaped {
             None
-        } else if specs.get(*expect).is_some_and(|s| s.name.as_bytes() == key) {
+        } else if specs
+            .get(*expect)
+            .is_some_and(|s| same(s.name.as_bytes(), key))
+        {
             Some(*expect)
         } else {
-            specs.iter().position(|s| s.name.as_bytes() == key)
+            specs.iter().position(|s| same(s.name.as_bytes(), key))
         };
         let Some(i) = idx else {
             let v = c.skip_value(depth, self.cfg.max_depth)?;
@@ -744,6 +750,74 @@ impl Decoder {
         b.rows += 1;
         b.bytes += keep;
     }
+}
+
+/// Reads an object key. Fast path: the bytes at the cursor are exactly the next expected
+/// field name in quotes (the firmware's fixed order), matched in place without a scan.
+#[inline(always)]
+fn read_key<'a>(
+    c: &mut Cursor<'a>,
+    table: Table,
+    expect: usize,
+) -> Result<(Option<usize>, &'a [u8], bool), ScanError> {
+    if let Some(spec) = table.fields().get(expect) {
+        let n = spec.name.as_bytes();
+        let b = c.b;
+        let at = c.i;
+        if b.len() > at + n.len() + 1
+            && b[at] == b'"'
+            && b[at + 1 + n.len()] == b'"'
+            && same(&b[at + 1..at + 1 + n.len()], n)
+        {
+            c.i = at + n.len() + 2;
+            return Ok((Some(expect), &b[at + 1..at + 1 + n.len()], false));
+        }
+    }
+    let (key, escaped) = c.raw_string()?;
+    Ok((None, key, escaped))
+}
+
+/// Byte equality for short keys, inlined: a libc `memcmp` call per field costs more than
+/// comparing ~12 bytes in place.
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i + 8 <= a.len() {
+        let x = u64::from_ne_bytes([
+            a[i],
+            a[i + 1],
+            a[i + 2],
+            a[i + 3],
+            a[i + 4],
+            a[i + 5],
+            a[i + 6],
+            a[i + 7],
+        ]);
+        let y = u64::from_ne_bytes([
+            b[i],
+            b[i + 1],
+            b[i + 2],
+            b[i + 3],
+            b[i + 4],
+            b[i + 5],
+            b[i + 6],
+            b[i + 7],
+        ]);
+        if x != y {
+            return false;
+        }
+        i += 8;
+    }
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 enum ValueError {

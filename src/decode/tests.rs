@@ -34,7 +34,7 @@ fn real_captures_decode_exactly() {
     ] {
         let text = std::fs::read_to_string(dir.join(f)).unwrap();
         for line in text.lines() {
-            let (_, json) = crate::source::parse_vitals_line(line.as_bytes()).unwrap();
+            let (_, json) = crate::capture::parse_vitals_line(line.as_bytes()).unwrap();
             let (o, batches) = decode_one("wc/home/vitals", json);
             assert_eq!(o, Outcome::Stored(Table::Vitals), "{line}");
             let b = &batches[0].1;
@@ -382,7 +382,7 @@ fn valid_payload() -> Vec<u8> {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/real/logs5tt-d-2.txt");
     let text = std::fs::read_to_string(dir).unwrap();
     let line = text.lines().nth(40).unwrap();
-    crate::source::parse_vitals_line(line.as_bytes())
+    crate::capture::parse_vitals_line(line.as_bytes())
         .unwrap()
         .1
         .to_vec()

@@ -68,7 +68,7 @@ pub fn writer_properties(table: Table) -> WriterProperties {
     let schema = table.schema();
     let mut b = WriterProperties::builder()
         // Level 3 is zstd's default: most of the ratio at a fraction of the CPU of higher ones.
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(9).unwrap_or_default()))
         .set_max_row_group_row_count(Some(1 << 20))
         .set_sorting_columns(Some(vec![
             SortingColumn {

@@ -18,8 +18,10 @@ fn batch(devices: &[&str], seqs: std::ops::Range<u64>, base_ts: i64) -> RecordBa
             let ts = base_ts + s as i64 * 2000;
             let m = Message {
                 topic: format!("wc/{dev}/vitals"),
-                payload: format!(r#"{{"ts":{ts},"seq":{s},"data":{{"grid_v":240.5,"uptime_s":{s}}}}}"#)
-                    .into_bytes(),
+                payload: format!(
+                    r#"{{"ts":{ts},"seq":{s},"data":{{"grid_v":240.5,"uptime_s":{s}}}}}"#
+                )
+                .into_bytes(),
                 received_at_ms: ts + 10,
                 recorded: false,
             };
@@ -39,7 +41,8 @@ fn open(dir: &Path) -> (Store, OpenReport) {
 fn duplicates_are_dropped_before_and_after_compaction() {
     let d = tempfile::tempdir().unwrap();
     let (mut s, _) = open(d.path());
-    s.append(Table::Vitals, &batch(&["a", "b"], 0..100, T0)).unwrap();
+    s.append(Table::Vitals, &batch(&["a", "b"], 0..100, T0))
+        .unwrap();
     // The same rows again, partly overlapping, in one batch with internal duplicates.
     let again = batch(&["a", "b"], 50..150, T0);
     let doubled = arrow::compute::concat_batches(&again.schema(), [&again, &again]).unwrap();
@@ -49,11 +52,18 @@ fn duplicates_are_dropped_before_and_after_compaction() {
     s.compact().unwrap();
     assert_eq!(s.snapshot().rows(Table::Vitals), 300);
     assert_eq!(s.snapshot().tail.len(), 0);
-    assert_eq!(s.append(Table::Vitals, &batch(&["a"], 0..150, T0)).unwrap(), None);
+    assert_eq!(
+        s.append(Table::Vitals, &batch(&["a"], 0..150, T0)).unwrap(),
+        None
+    );
     drop(s);
     // After a restart the index is rebuilt from Parquet on demand.
     let (mut s, _) = open(d.path());
-    assert!(s.append(Table::Vitals, &batch(&["b"], 140..160, T0)).unwrap().is_some());
+    assert!(
+        s.append(Table::Vitals, &batch(&["b"], 140..160, T0))
+            .unwrap()
+            .is_some()
+    );
     s.sync().unwrap();
     assert_eq!(s.snapshot().rows(Table::Vitals), 310);
     // This process saw b 140..150 again.
@@ -65,7 +75,11 @@ fn rows_are_durable_after_sync_and_recovered_from_the_wal() {
     let d = tempfile::tempdir().unwrap();
     let (mut s, _) = open(d.path());
     s.append(Table::Vitals, &batch(&["a"], 0..10, T0)).unwrap();
-    assert_eq!(s.snapshot().rows(Table::Vitals), 0, "not visible before the fsync");
+    assert_eq!(
+        s.snapshot().rows(Table::Vitals),
+        0,
+        "not visible before the fsync"
+    );
     let lsn = s.sync().unwrap();
     assert_eq!(lsn, 1);
     assert_eq!(s.snapshot().rows(Table::Vitals), 10);
@@ -87,13 +101,19 @@ fn torn_tail_is_truncated_and_counted() {
     s.sync().unwrap();
     drop(s);
     let segs = wal::segments(&d.path().join("wal")).unwrap();
-    let (_, last) = segs.iter().rfind(|(_, p)| std::fs::metadata(p).unwrap().len() > 0).unwrap();
+    let (_, last) = segs
+        .iter()
+        .rfind(|(_, p)| std::fs::metadata(p).unwrap().len() > 0)
+        .unwrap();
     let len = std::fs::metadata(last).unwrap().len();
     for cut in [len - 1, len - 100, len / 2 + 7] {
         let copy = tempfile::tempdir().unwrap();
         copy_dir(d.path(), copy.path());
         let target = copy.path().join("wal").join(last.file_name().unwrap());
-        let f = std::fs::OpenOptions::new().write(true).open(&target).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap();
         f.set_len(cut).unwrap();
         drop(f);
         // Later (empty) segments would make this one "not the newest": remove them, as a
@@ -120,7 +140,8 @@ fn corruption_in_an_older_segment_refuses_to_start() {
     let clock = Arc::new(ManualClock::new(T0));
     let (mut s, _) = Store::open(cfg.clone(), clock.clone()).unwrap();
     for i in 0..3 {
-        s.append(Table::Vitals, &batch(&["a"], i * 10..i * 10 + 10, T0)).unwrap();
+        s.append(Table::Vitals, &batch(&["a"], i * 10..i * 10 + 10, T0))
+            .unwrap();
         s.sync().unwrap();
     }
     drop(s);
@@ -144,7 +165,8 @@ fn compaction_bounds_files_and_removes_orphans() {
     let clock = Arc::new(ManualClock::new(T0));
     let (mut s, _) = Store::open(cfg.clone(), clock.clone()).unwrap();
     for i in 0..10u64 {
-        s.append(Table::Vitals, &batch(&["a", "b"], i * 10..i * 10 + 10, T0)).unwrap();
+        s.append(Table::Vitals, &batch(&["a", "b"], i * 10..i * 10 + 10, T0))
+            .unwrap();
         s.compact().unwrap();
         let snap = s.snapshot();
         assert!(snap.files_of(Table::Vitals).count() <= 3);
@@ -166,7 +188,8 @@ fn compaction_bounds_files_and_removes_orphans() {
 fn parquet_files_are_sorted_by_device_and_time() {
     let d = tempfile::tempdir().unwrap();
     let (mut s, _) = open(d.path());
-    s.append(Table::Vitals, &batch(&["z", "a", "m"], 0..50, T0)).unwrap();
+    s.append(Table::Vitals, &batch(&["z", "a", "m"], 0..50, T0))
+        .unwrap();
     s.compact().unwrap();
     let snap = s.snapshot();
     let f = snap.files_of(Table::Vitals).next().unwrap();
@@ -174,7 +197,9 @@ fn parquet_files_are_sorted_by_device_and_time() {
     use arrow::array::AsArray;
     let b = &batches[0];
     let dev = b.column(0).as_string::<i32>();
-    let ts = b.column(1).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+    let ts = b
+        .column(1)
+        .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
     for i in 1..b.num_rows() {
         let prev = (dev.value(i - 1), ts.value(i - 1));
         assert!(prev <= (dev.value(i), ts.value(i)));

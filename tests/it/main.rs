@@ -3,6 +3,9 @@
 //! Each test works in its own temp directory; child processes are this binary re-executed
 //! (crash tests) or the real `wallscope` binary (CLI tests).
 
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod harness;
+mod layers;
 mod store_crash;

@@ -71,7 +71,7 @@ fn crash_child() {
         }
         for (t, batch) in b.finish_all() {
             store.append(t, &batch).unwrap();
-            if seq % 3 == 0 {
+            if seq.is_multiple_of(3) {
                 store.append(t, &batch).unwrap();
             }
         }
