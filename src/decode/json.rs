@@ -132,8 +132,22 @@ impl<'a> Cursor<'a> {
             }
             if c == b'\\' {
                 escaped = true;
-                // Skip the escaped byte; `\u` digits are checked when unescaping.
-                i += 2;
+                match b.get(i + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                    Some(b'u') => match b.get(i + 2..i + 6) {
+                        Some(h) if h.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                        Some(_) => {
+                            self.i = i;
+                            return self.err(ScanErrorKind::Syntax("invalid \\u escape"));
+                        }
+                        None => break,
+                    },
+                    Some(_) => {
+                        self.i = i;
+                        return self.err(ScanErrorKind::Syntax("invalid escape"));
+                    }
+                    None => break,
+                }
                 continue;
             }
             if c < 0x20 {

@@ -351,8 +351,8 @@ impl Decoder {
         }
         let ts = match self.row.env_ts {
             Some(ts) => {
-                let d = ts - msg.received_at_ms;
-                if d > self.cfg.max_future_ms || -d > self.cfg.max_past_ms {
+                let d = ts.saturating_sub(msg.received_at_ms);
+                if d > self.cfg.max_future_ms || d < self.cfg.max_past_ms.saturating_neg() {
                     return Err(reject(
                         ErrorClass::TsOutOfWindow,
                         format!(
@@ -430,8 +430,15 @@ impl Decoder {
                             }
                             self.row.env_data = true;
                             if !self.parse_fields(&mut c, table, 1, &mut expect)? {
-                                repaired = true;
-                                break;
+                                // Only the outermost brace may be missing: an unclosed `data`
+                                // means the payload was cut, not the firmware quirk.
+                                return Err(reject(
+                                    ErrorClass::InvalidJson,
+                                    format!(
+                                        "JSON ends early at byte {} (envelope `data` is not closed)",
+                                        c.i
+                                    ),
+                                ));
                             }
                         }
                         b"ts" => self.row.env_ts = Some(envelope_ts(&mut c)?),
@@ -452,7 +459,16 @@ impl Decoder {
                     break;
                 }
                 if c.at_end() {
-                    // The firmware sometimes drops the final `}`: repair exactly that.
+                    // The firmware sometimes drops the final `}` after its last field: repair
+                    // exactly that. Input that stops after any other member was cut short
+                    // (perhaps inside a number), so it is rejected.
+                    let complete = envelope == Some(true) || expect == table.fields().len();
+                    if !complete {
+                        return Err(reject(
+                            ErrorClass::InvalidJson,
+                            format!("JSON ends early at byte {} (no closing `}}`)", c.i),
+                        ));
+                    }
                     repaired = true;
                     break;
                 }

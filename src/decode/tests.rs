@@ -182,14 +182,60 @@ fn unknown_fields_are_kept_in_extra() {
 }
 
 #[test]
-fn missing_final_brace_is_repaired() {
-    let (o, _) = decode_one("wc/a1/vitals", br#"{"grid_v":240.0,"evse_state":1"#);
+fn missing_final_brace_is_repaired_only_after_the_last_field() {
+    // The firmware quirk: everything there but the final `}`.
+    let mut full = valid_payload();
+    assert_eq!(full.pop(), Some(b'}'));
+    let (o, _) = decode_one("wc/a1/vitals", &full);
     assert_eq!(o, Outcome::Stored(Table::Vitals));
     let (o, _) = decode_one(
         "wc/a1/vitals",
         br#"{"ts":1767225600000,"seq":1,"data":{"grid_v":240.0}"#,
     );
     assert_eq!(o, Outcome::Stored(Table::Vitals));
+    // Cut after an earlier member (maybe inside a number: 11 → 1) or inside `data`: rejected.
+    for cut in [
+        &br#"{"grid_v":240.0,"evse_state":1"#[..],
+        br#"{"ts":1767225600000,"seq":1,"data":{"grid_v":240.0"#,
+    ] {
+        assert_eq!(
+            decode_one("wc/a1/vitals", cut).0,
+            Outcome::Dead(ErrorClass::InvalidJson)
+        );
+    }
+}
+
+#[test]
+fn invalid_escapes_and_extreme_timestamps_are_rejected_without_panics() {
+    for p in [&br#"{"a\q":1}"#[..], br#"{"x":"\u12G4"}"#, br#"{"x":"\"#] {
+        assert_eq!(
+            decode_one("wc/a1/vitals", p).0,
+            Outcome::Dead(ErrorClass::InvalidJson),
+            "{}",
+            String::from_utf8_lossy(p)
+        );
+    }
+    for p in [
+        &br#"{"ts":-9223372036854775808,"seq":1,"data":{}}"#[..],
+        br#"{"ts":9223372036854775807,"seq":1,"data":{}}"#,
+    ] {
+        assert_eq!(
+            decode_one("wc/a1/vitals", p).0,
+            Outcome::Dead(ErrorClass::TsOutOfWindow)
+        );
+    }
+    // Valid escapes in unknown values keep `extra` valid JSON.
+    let (o, b) = decode_one("wc/a1/vitals", br#"{"note":"a\"b\u00e9"}"#);
+    assert_eq!(o, Outcome::Stored(Table::Vitals));
+    let extra = b[0]
+        .1
+        .column_by_name("extra")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0)
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&extra).unwrap();
+    assert_eq!(v["note"], "a\"bé");
 }
 
 #[test]

@@ -72,10 +72,19 @@ impl TableProvider for StoreTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !self.files.is_empty() {
+            // File URLs built from paths, never parsed as globs: a data directory named
+            // `ws[1]` must not match `ws1`.
             let urls = self
                 .files
                 .iter()
-                .map(ListingTableUrl::parse)
+                .map(|p| {
+                    let url = url::Url::from_file_path(p).map_err(|_| {
+                        datafusion::error::DataFusionError::Plan(format!(
+                            "not an absolute path: {p}"
+                        ))
+                    })?;
+                    ListingTableUrl::try_new(url, None)
+                })
                 .collect::<DfResult<Vec<_>>>()?;
             let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");

@@ -35,24 +35,30 @@ pub fn key_columns(table: Table) -> &'static [&'static str] {
     }
 }
 
+/// A batch whose key columns are missing or of another type (a file from a different
+/// schema version): dedup cannot vouch for it, so the caller must not guess.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot compute dedup keys: column `{0}` is missing or has an unexpected type")]
+pub struct KeyError(pub &'static str);
+
 /// (hour partition, key) for every row of a batch holding at least the key columns.
-pub fn row_keys(table: Table, batch: &RecordBatch) -> Vec<(i64, u64)> {
+pub fn row_keys(table: Table, batch: &RecordBatch) -> Result<Vec<(i64, u64)>, KeyError> {
     let n = batch.num_rows();
     let mut out = Vec::with_capacity(n);
     let ts = batch
         .column_by_name(COL_TS)
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>());
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        .ok_or(KeyError(COL_TS))?;
     let hash = batch
         .column_by_name(COL_PAYLOAD_HASH)
-        .map(|c| c.as_primitive::<UInt64Type>());
-    let Some(ts) = ts else { return out };
+        .and_then(|c| c.as_primitive_opt::<UInt64Type>());
     if table == Table::DeadLetters {
         let topic = batch
             .column_by_name("topic")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>());
         let recv = batch
             .column_by_name(COL_RECEIVED_AT)
-            .map(|c| c.as_primitive::<TimestampMillisecondType>());
+            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>());
         for i in 0..n {
             let mut h = Xxh3::new();
             h.update(topic.map(|t| t.value(i)).unwrap_or("").as_bytes());
@@ -61,14 +67,14 @@ pub fn row_keys(table: Table, batch: &RecordBatch) -> Vec<(i64, u64)> {
             h.update(&hash.map(|x| x.value(i)).unwrap_or(0).to_le_bytes());
             out.push((hour_of(ts.value(i)), h.digest()));
         }
-        return out;
+        return Ok(out);
     }
     let device = batch
         .column_by_name(COL_DEVICE_ID)
         .and_then(|c| c.as_any().downcast_ref::<StringArray>());
     let seq: Option<&UInt64Array> = batch
         .column_by_name(COL_SEQ)
-        .map(|c| c.as_primitive::<UInt64Type>());
+        .and_then(|c| c.as_primitive_opt::<UInt64Type>());
     for i in 0..n {
         let mut h = Xxh3::new();
         h.update(device.map(|d| d.value(i)).unwrap_or("").as_bytes());
@@ -90,7 +96,7 @@ pub fn row_keys(table: Table, batch: &RecordBatch) -> Vec<(i64, u64)> {
         }
         out.push((hour_of(ts.value(i)), h.digest()));
     }
-    out
+    Ok(out)
 }
 
 struct Partition {
@@ -121,28 +127,37 @@ impl DedupIndex {
 
     /// Filters `batch` down to rows not seen before (also de-duplicating within the batch)
     /// and records their keys. `load` is called once for each partition not in memory and
-    /// returns the keys already stored in Parquet for it.
-    pub fn admit<E>(
+    /// returns the keys already stored in Parquet for it. Every partition is loaded before
+    /// any key is recorded, so a failed load leaves the index as it was.
+    pub fn admit<E: From<KeyError>>(
         &mut self,
         table: Table,
         batch: &RecordBatch,
         mut load: impl FnMut(Table, i64) -> Result<Vec<u64>, E>,
     ) -> Result<Option<RecordBatch>, E> {
         self.clock += 1;
-        let keys = row_keys(table, batch);
+        let keys = row_keys(table, batch)?;
+        let mut hours: Vec<i64> = keys.iter().map(|(h, _)| *h).collect();
+        hours.sort_unstable();
+        hours.dedup();
+        for hour in hours {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.parts.entry((table, hour))
+            {
+                slot.insert(Partition {
+                    keys: load(table, hour)?.into_iter().collect(),
+                    last_used: 0,
+                    pinned: false,
+                });
+            }
+        }
         let mut keep = Vec::with_capacity(keys.len());
         let mut all = true;
         for (hour, key) in keys {
-            let part = match self.parts.get_mut(&(table, hour)) {
-                Some(p) => p,
-                None => {
-                    let loaded = load(table, hour)?;
-                    self.parts.entry((table, hour)).or_insert(Partition {
-                        keys: loaded.into_iter().collect(),
-                        last_used: 0,
-                        pinned: false,
-                    })
-                }
+            // Loaded just above and not evicted since (eviction runs below).
+            let Some(part) = self.parts.get_mut(&(table, hour)) else {
+                keep.push(false);
+                all = false;
+                continue;
             };
             part.last_used = self.clock;
             part.pinned = true;
@@ -158,8 +173,9 @@ impl DedupIndex {
             return Ok(Some(batch.clone()));
         }
         let mask = arrow::array::BooleanArray::from(keep);
-        let filtered = arrow::compute::filter_record_batch(batch, &mask).ok();
-        Ok(filtered.filter(|b| b.num_rows() > 0))
+        let filtered =
+            arrow::compute::filter_record_batch(batch, &mask).map_err(|_| KeyError("filter"))?;
+        Ok(Some(filtered).filter(|b| b.num_rows() > 0))
     }
 
     /// After compaction, partitions' rows are all in Parquet: they may be dropped again.

@@ -55,6 +55,8 @@ pub enum StoreError {
         "the store failed earlier ({0}) and accepts no more writes; restart to recover from the WAL"
     )]
     Failed(String),
+    #[error(transparent)]
+    Keys(#[from] dedup::KeyError),
 }
 
 /// Store settings (units in the names).
@@ -236,11 +238,7 @@ impl Store {
         clock: Arc<dyn Clock>,
     ) -> Result<(Store, OpenReport), StoreError> {
         let dir = absolute(&cfg.data_dir)?;
-        let ioe = |source| StoreError::Io {
-            dir: dir.clone(),
-            source,
-        };
-        fs::create_dir_all(&dir).map_err(ioe)?;
+        files::create_dir_durable(&dir).map_err(StoreError::File)?;
         let lock = lock_dir(&dir)?;
         let manifest = Manifest::load(&dir)?;
         let orphans = remove_orphans(&dir, &manifest)?;
@@ -345,9 +343,16 @@ impl Store {
         }
         let (dir, manifest) = (&self.dir, &self.manifest);
         let before = self.dedup.duplicates;
-        let admitted = self
+        // Keys are recorded as the rows are admitted: if the WAL append then fails, the
+        // index would claim rows that were never stored, so the store must stop here and
+        // rebuild the index from the WAL at the next start.
+        let admitted = match self
             .dedup
-            .admit(table, batch, |t, h| load_keys(dir, manifest, t, h))?;
+            .admit(table, batch, |t, h| load_keys(dir, manifest, t, h))
+        {
+            Ok(a) => a,
+            Err(e) => return self.fail(e),
+        };
         self.stats.duplicates_dropped += self.dedup.duplicates - before;
         let Some(batch) = admitted else {
             return Ok(None);
@@ -389,8 +394,17 @@ impl Store {
     }
 
     /// Writes the durable tail to Parquet, commits the manifest, then drops the WAL it covers.
+    /// Any failure stops the store: after a partial compaction the in-memory manifest and
+    /// file ids may disagree with the disk, and a restart re-derives both from the disk.
     pub fn compact(&mut self) -> Result<CompactReport, StoreError> {
         self.check()?;
+        match self.compact_inner() {
+            Ok(r) => Ok(r),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn compact_inner(&mut self) -> Result<CompactReport, StoreError> {
         self.sync()?;
         let tail = self.snapshot().tail;
         if tail.is_empty() {
@@ -565,7 +579,7 @@ fn load_keys(dir: &Path, m: &Manifest, table: Table, hour: i64) -> Result<Vec<u6
     for f in m.files_of(table.name()).filter(|f| f.hour_ms == hour) {
         let cols = dedup::key_columns(table);
         for b in files::read_parquet(&dir.join(&f.path), Some(cols))? {
-            keys.extend(dedup::row_keys(table, &b).into_iter().map(|(_, k)| k));
+            keys.extend(dedup::row_keys(table, &b)?.into_iter().map(|(_, k)| k));
         }
     }
     Ok(keys)

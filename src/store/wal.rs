@@ -149,6 +149,27 @@ impl SegmentReader {
         &self.path
     }
 
+    /// Offset of an intact record starting after `offset`, if any (used to tell a torn tail
+    /// from corruption in the middle of a segment).
+    pub fn valid_record_after(&self, offset: u64) -> Option<u64> {
+        let magic = MAGIC.to_le_bytes();
+        let mut from = offset as usize + 1;
+        while let Some(i) = memchr::memmem::find(self.data.get(from..)?, &magic) {
+            let at = from + i;
+            let mut probe = SegmentReader {
+                path: self.path.clone(),
+                data: Vec::new(),
+                pos: 0,
+            };
+            probe.data = self.data[at..].to_vec();
+            if let Next::Record(_) = probe.next_record() {
+                return Some(at as u64);
+            }
+            from = at + 1;
+        }
+        None
+    }
+
     pub fn next_record(&mut self) -> Next {
         let start = self.pos;
         let rest = &self.data[start..];
@@ -224,7 +245,12 @@ impl WalWriter {
         segment_bytes: u64,
         mut sink: impl FnMut(WalRecord) -> Result<(), WalError>,
     ) -> Result<(Self, RecoveryReport), WalError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+            if let Some(parent) = dir.parent() {
+                fsync_dir(parent)?;
+            }
+        }
         let segs = segments(dir)?;
         let mut report = RecoveryReport {
             segments: segs.len(),
@@ -250,6 +276,15 @@ impl WalWriter {
                                 path: path.clone(),
                                 offset,
                                 why,
+                            });
+                        }
+                        if let Some(at) = r.valid_record_after(offset) {
+                            // Intact records after the bad one: not a torn tail but damage in
+                            // the middle of acknowledged data. Cutting would lose them.
+                            return Err(WalError::Corrupt {
+                                path: path.clone(),
+                                offset,
+                                why: format!("{why}; an intact record follows at byte {at}"),
                             });
                         }
                         let len = r.data.len() as u64;
