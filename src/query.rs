@@ -6,8 +6,6 @@
 //! limit, no URL tables. Statements are planned first and refused before execution unless
 //! the plan is a query: DDL, DML (INSERT, COPY), and statements (SET, transactions) never run.
 
-use std::sync::Arc;
-
 use arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -132,6 +130,3 @@ pub async fn query_snapshot(
     let ctx = session(snapshot, cfg)?;
     run_readonly(&ctx, sql).await
 }
-
-/// Shared pointer alias used by long-lived servers.
-pub type SharedSession = Arc<SessionContext>;

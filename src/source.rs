@@ -7,7 +7,7 @@
 //! business (the decoder dead-letters them). Knows nothing of the store.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use crate::capture::{CaptureRecord, parse_vitals_line};
@@ -126,16 +126,4 @@ pub fn total_bytes(paths: &[PathBuf]) -> u64 {
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
-}
-
-/// Reads a whole small file (used by tests and fixtures).
-pub fn read_to_vec(path: &Path) -> Result<Vec<u8>, SourceError> {
-    let mut v = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut v))
-        .map_err(|source| SourceError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(v)
 }

@@ -168,14 +168,7 @@ fn unknown_fields_are_kept_in_extra() {
         br#"{"grid_v":240.0,"new_sensor":{"a":[1,2]},"odd":nan,"z":"q"}"#,
     );
     assert_eq!(o, Outcome::Stored(Table::Vitals));
-    let extra = b[0]
-        .1
-        .column_by_name("extra")
-        .unwrap()
-        .as_string::<i32>()
-        .value(0)
-        .to_string();
-    let v: serde_json::Value = serde_json::from_str(&extra).unwrap();
+    let v = extra_json(&b[0].1);
     assert_eq!(v["new_sensor"]["a"][1], 2);
     assert!(v["odd"].is_null());
     assert_eq!(v["z"], "q");
@@ -227,14 +220,7 @@ fn invalid_escapes_and_extreme_timestamps_are_rejected_without_panics() {
     // Valid escapes in unknown values keep `extra` valid JSON.
     let (o, b) = decode_one("wc/a1/vitals", br#"{"note":"a\"b\u00e9"}"#);
     assert_eq!(o, Outcome::Stored(Table::Vitals));
-    let extra = b[0]
-        .1
-        .column_by_name("extra")
-        .unwrap()
-        .as_string::<i32>()
-        .value(0)
-        .to_string();
-    let v: serde_json::Value = serde_json::from_str(&extra).unwrap();
+    let v = extra_json(&b[0].1);
     assert_eq!(v["note"], "a\"bé");
 }
 
@@ -421,6 +407,16 @@ fn bad_payload_table() {
                 .unwrap()
         )
     );
+}
+
+/// The `extra` column of the first row, parsed (it must be valid JSON).
+fn extra_json(b: &RecordBatch) -> serde_json::Value {
+    let extra = b
+        .column_by_name("extra")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0);
+    serde_json::from_str(extra).unwrap()
 }
 
 fn valid_payload() -> Vec<u8> {

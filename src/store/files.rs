@@ -8,7 +8,6 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
@@ -213,17 +212,4 @@ pub fn read_parquet(path: &Path, columns: Option<&[&str]>) -> Result<Vec<RecordB
     reader
         .map(|r| r.map_err(FileError::Arrow))
         .collect::<Result<Vec<_>, _>>()
-}
-
-/// The schema a table's Parquet files are read with.
-pub fn table_schema(table: Table) -> Arc<arrow::datatypes::Schema> {
-    table.schema()
-}
-
-/// Null count helper for tests and reports.
-pub fn nulls(batch: &RecordBatch, col: &str) -> usize {
-    batch
-        .column_by_name(col)
-        .map(|c| c.null_count())
-        .unwrap_or(0)
 }

@@ -8,7 +8,6 @@
 //! thread between commits when the tail passes its thresholds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -38,7 +37,6 @@ pub struct StoreHandle {
     durable: watch::Receiver<u64>,
     shared: Arc<Shared>,
     dir: std::path::PathBuf,
-    submitted_rows: Arc<AtomicU64>,
 }
 
 /// Owns the writer thread; `close` flushes and compacts.
@@ -80,7 +78,6 @@ impl StoreService {
                 durable: durable_rx,
                 shared,
                 dir,
-                submitted_rows: Arc::new(AtomicU64::new(0)),
             },
             thread,
             ticker,
@@ -115,9 +112,6 @@ impl StoreHandle {
     /// Submits batches for a durable commit (waits while the queue is full).
     pub async fn submit(&self, batches: Vec<(Table, RecordBatch)>) -> CommitTicket {
         let (done, ticket) = oneshot::channel();
-        let rows: usize = batches.iter().map(|(_, b)| b.num_rows()).sum();
-        self.submitted_rows
-            .fetch_add(rows as u64, Ordering::Relaxed);
         // If the writer is gone, `done` is dropped and the ticket reports it.
         let _ = self.tx.send(Request::Write { batches, done }).await;
         ticket

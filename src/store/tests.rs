@@ -94,13 +94,7 @@ fn rows_are_durable_after_sync_and_recovered_from_the_wal() {
 #[test]
 fn torn_tail_is_truncated_and_counted() {
     let d = tempfile::tempdir().unwrap();
-    let (mut s, _) = open(d.path());
-    s.append(Table::Vitals, &batch(&["a"], 0..10, T0)).unwrap();
-    s.sync().unwrap();
-    s.append(Table::Vitals, &batch(&["a"], 10..20, T0)).unwrap();
-    s.sync().unwrap();
-    drop(s);
-    let segs = wal::segments(&d.path().join("wal")).unwrap();
+    let segs = write_synced_batches(d.path(), 2);
     let (_, last) = segs
         .iter()
         .rfind(|(_, p)| std::fs::metadata(p).unwrap().len() > 0)
@@ -159,14 +153,7 @@ fn corruption_in_an_older_segment_refuses_to_start() {
 #[test]
 fn damage_before_intact_records_in_the_newest_segment_refuses_to_start() {
     let d = tempfile::tempdir().unwrap();
-    let (mut s, _) = open(d.path());
-    for i in 0..3 {
-        s.append(Table::Vitals, &batch(&["a"], i * 10..i * 10 + 10, T0))
-            .unwrap();
-        s.sync().unwrap();
-    }
-    drop(s);
-    let segs = wal::segments(&d.path().join("wal")).unwrap();
+    let segs = write_synced_batches(d.path(), 3);
     let (_, seg) = segs
         .iter()
         .find(|(_, p)| std::fs::metadata(p).unwrap().len() > 0)
@@ -228,6 +215,19 @@ fn parquet_files_are_sorted_by_device_and_time() {
         let prev = (dev.value(i - 1), ts.value(i - 1));
         assert!(prev <= (dev.value(i), ts.value(i)));
     }
+}
+
+/// Writes `n` synced 10-row batches for device `a`, stops without compacting (as a crash
+/// would), and returns the WAL segments.
+fn write_synced_batches(dir: &Path, n: u64) -> Vec<(u64, std::path::PathBuf)> {
+    let (mut s, _) = open(dir);
+    for i in 0..n {
+        s.append(Table::Vitals, &batch(&["a"], i * 10..i * 10 + 10, T0))
+            .unwrap();
+        s.sync().unwrap();
+    }
+    drop(s);
+    wal::segments(&dir.join("wal")).unwrap()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
