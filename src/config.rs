@@ -1,7 +1,81 @@
 //! User-facing settings: parsing of durations and sizes as users write them.
 //!
 //! Raw input is validated into typed values here, before library code sees it, with errors
-//! that say what to write instead.
+//! that say what to write instead. [`FileConfig`] is the TOML file `wallscope run --config`
+//! reads: every setting with its unit in its name; command-line flags override it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The TOML configuration file. Unknown keys are errors (a typo must not silently fall back
+/// to a default).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub mqtt: MqttFile,
+    #[serde(default)]
+    pub batch: BatchFile,
+    #[serde(default)]
+    pub store: StoreFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttFile {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub broker: Option<String>,
+    pub topics: Option<Vec<String>>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    /// A file holding the password (first line); keeps it out of the config and of `ps`.
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub keep_alive_s: Option<u64>,
+    pub connect_timeout_s: Option<u64>,
+    pub max_packet_bytes: Option<usize>,
+    pub reconnect_min_ms: Option<u64>,
+    pub reconnect_max_ms: Option<u64>,
+    pub max_pending_messages: Option<usize>,
+    pub max_pending_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFile {
+    /// The longest a received message waits before its batch is committed (and acked).
+    pub flush_interval_ms: Option<i64>,
+    pub max_rows: Option<usize>,
+    pub max_bytes: Option<usize>,
+    pub status_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub wal_segment_bytes: Option<u64>,
+    pub compact_after_rows: Option<usize>,
+    pub compact_after_ms: Option<i64>,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file; errors name the file and the offending key.
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+}
+
+/// Reads a password file: the first line, without its line ending.
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("password file {}: {e}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
 
 /// Parses a duration like `500ms`, `10s`, `30m`, `24h`, `7d` into milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
@@ -46,5 +120,21 @@ mod tests {
         assert!(parse_duration_ms("24").is_err());
         assert!(parse_duration_ms("h").is_err());
         assert!(parse_duration_ms("3x").is_err());
+    }
+
+    #[test]
+    fn config_file_rejects_typos() {
+        let ok: FileConfig = toml::from_str(
+            "[mqtt]\nbroker = \"mqtt://h:1\"\nmax_pending_messages = 10\n[batch]\nflush_interval_ms = 20\n",
+        )
+        .unwrap();
+        assert_eq!(ok.mqtt.max_pending_messages, Some(10));
+        assert_eq!(ok.batch.flush_interval_ms, Some(20));
+        let example: FileConfig =
+            toml::from_str(include_str!("../docs/wallscope.example.toml")).unwrap();
+        assert_eq!(example.mqtt.max_pending_messages, Some(100_000));
+        assert_eq!(example.batch.flush_interval_ms, Some(50));
+        let bad = toml::from_str::<FileConfig>("[mqtt]\nbrokr = \"x\"\n").unwrap_err();
+        assert!(bad.to_string().contains("brokr"), "{bad}");
     }
 }

@@ -2,14 +2,17 @@
 //!
 //! Modules follow the pipeline and depend only downwards (docs/ARCHITECTURE.md):
 //! layer 0 `model`, `clock`, `capture`; 1 `config`, `decode`, `sim`; 2 `batch`;
-//! 3 `store`, `source`; 4 `query`; 5 `pipeline`; 6 `cli`.
+//! 3 `store`, `source`, `ingest` (MQTT), `broker` (embedded); 4 `query`; 5 `pipeline`;
+//! 6 `cli`.
 
 pub mod batch;
+pub mod broker;
 pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decode;
+pub mod ingest;
 pub mod model;
 pub mod pipeline;
 pub mod query;

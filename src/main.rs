@@ -7,9 +7,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = wallscope::cli::Cli::parse();
     let default = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+        // The embedded broker narrates every connection; keep it to problems.
+        0 => "warn,rumqttd=off",
+        1 => "info,rumqttd=error",
+        _ => "debug,rumqttd=info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

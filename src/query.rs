@@ -5,8 +5,13 @@
 //! (the firmware's field names are mixed case: `currentA_a`), a memory pool with a hard
 //! limit, no URL tables. Statements are planned first and refused before execution unless
 //! the plan is a query: DDL, DML (INSERT, COPY), and statements (SET, transactions) never run.
+//! Besides the stored tables, `metrics` holds the last live ingest's counters.
+
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -54,7 +59,34 @@ pub fn session(snapshot: &Snapshot, cfg: &QueryConfig) -> Result<SessionContext,
         .build_arc()?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     catalog::register(&ctx, snapshot)?;
+    ctx.register_table("metrics", metrics_table(snapshot)?)?;
     Ok(ctx)
+}
+
+/// The live ingest's counters as a table (name, value, at): empty when no ingest has run.
+fn metrics_table(snapshot: &Snapshot) -> Result<Arc<MemTable>, QueryError> {
+    use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, true),
+        Field::new("at", crate::model::ts_type(), false),
+    ]));
+    let rows = crate::ingest::read_status(&snapshot.dir)
+        .map(|m| (m.at_ms, m.rows()))
+        .unwrap_or((0, Vec::new()));
+    let n = rows.1.len();
+    let names = StringArray::from_iter_values(rows.1.iter().map(|r| r.0));
+    let values: Float64Array = rows
+        .1
+        .iter()
+        .map(|r| (!r.1.is_nan()).then_some(r.1))
+        .collect();
+    let at = TimestampMillisecondArray::from(vec![rows.0; n]).with_timezone("UTC");
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(names), Arc::new(values), Arc::new(at)],
+    )?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
 fn read_only() -> SQLOptions {

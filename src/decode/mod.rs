@@ -26,7 +26,9 @@ pub struct DecodeConfig {
     pub max_payload_bytes: usize,
     /// Deeper JSON nesting is dead-lettered as `too_deep`.
     pub max_depth: usize,
-    /// How far an envelope's `ts` may lie before the receive time.
+    /// How far an envelope's `ts` may lie before the receive time. Wide on purpose: bridges
+    /// backfill buffered data and replays carry old times; what it catches is a clock that
+    /// never synced (1970, 2000-01-01).
     pub max_past_ms: i64,
     /// How far an envelope's `ts` may lie after the receive time (clock skew).
     pub max_future_ms: i64,
@@ -39,7 +41,7 @@ impl Default for DecodeConfig {
         DecodeConfig {
             max_payload_bytes: 256 * 1024,
             max_depth: 32,
-            max_past_ms: 7 * 24 * 3600 * 1000,
+            max_past_ms: 3 * 365 * 24 * 3600 * 1000,
             max_future_ms: 5 * 60 * 1000,
             dead_letter_payload_bytes: 64 * 1024,
         }

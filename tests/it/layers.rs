@@ -8,7 +8,7 @@ fn layer(module: &str) -> Option<u8> {
         "model" | "clock" | "capture" => 0,
         "config" | "decode" | "sim" => 1,
         "batch" => 2,
-        "store" | "source" => 3,
+        "store" | "source" | "ingest" | "broker" => 3,
         "query" => 4,
         "pipeline" => 5,
         "cli" => 6,

@@ -8,4 +8,5 @@
 mod cli;
 mod harness;
 mod layers;
+mod mqtt;
 mod store_crash;

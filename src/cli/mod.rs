@@ -20,6 +20,8 @@ use crate::sim::{self, FaultCode, SimConfig, Simulator};
 use crate::source::InputFormat;
 use crate::store::{Snapshot, StoreConfig};
 
+mod live;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "wallscope",
@@ -53,8 +55,11 @@ pub enum Command {
     Sql(SqlArgs),
     /// Write a simulated fleet as a capture file, with a device registry and fault labels.
     Simulate(SimulateArgs),
-    /// Simulate a fleet with faults, ingest it and summarise (no setup needed).
-    Demo(DemoArgs),
+    /// Subscribe to an MQTT broker and ingest charger telemetry (acks only after fsync).
+    Run(live::RunArgs),
+    /// Start an embedded broker, publish a simulated fleet with faults into it, ingest it
+    /// through MQTT and summarise (nothing to install).
+    Demo(live::DemoArgs),
     /// Show what the data directory holds.
     Status,
 }
@@ -119,18 +124,6 @@ pub struct SimulateArgs {
     pub labels_out: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// Number of simulated chargers.
-    #[arg(long, default_value_t = 200)]
-    pub devices: usize,
-    /// Simulated time span.
-    #[arg(long, default_value = "6h")]
-    pub duration: String,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-}
-
 /// Runs the parsed command; the error is printed by `main`.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -142,7 +135,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(a) => cmd_import(&cli.data_dir, a, clock),
         Command::Sql(a) => rt.block_on(cmd_sql(&cli.data_dir, a)),
         Command::Simulate(a) => cmd_simulate(a),
-        Command::Demo(a) => cmd_demo(&cli.data_dir, a, clock, &rt),
+        Command::Run(a) => live::cmd_run(&cli.data_dir, a, clock, &rt),
+        Command::Demo(a) => live::cmd_demo(&cli.data_dir, a, clock, &rt),
         Command::Status => cmd_status(&cli.data_dir),
     }
 }
@@ -219,7 +213,7 @@ fn cmd_import(data_dir: &Path, a: ImportArgs, clock: Arc<dyn Clock>) -> anyhow::
     })
 }
 
-fn print_import(r: &ImportReport) {
+pub(crate) fn print_import(r: &ImportReport) {
     let mut out = std::io::stdout().lock();
     let secs = r.elapsed_ms as f64 / 1000.0;
     let _ = writeln!(
@@ -300,7 +294,7 @@ async fn cmd_sql(data_dir: &Path, a: SqlArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_snapshot(data_dir: &Path) -> anyhow::Result<Snapshot> {
+pub(crate) fn open_snapshot(data_dir: &Path) -> anyhow::Result<Snapshot> {
     if !data_dir.exists() {
         bail!(
             "data directory {} does not exist: import data first (wallscope import …) or pass --data-dir",
@@ -324,7 +318,7 @@ fn parse_faults(codes: &[String]) -> anyhow::Result<Vec<FaultCode>> {
         .collect()
 }
 
-fn sim_config(
+pub(crate) fn sim_config(
     devices: usize,
     duration: &str,
     seed: u64,
@@ -403,75 +397,6 @@ fn cmd_simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_demo(
-    data_dir: &Path,
-    a: DemoArgs,
-    clock: Arc<dyn Clock>,
-    rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<ExitCode> {
-    let mut cfg = sim_config(a.devices, &a.duration, a.seed, "10s", None)?;
-    cfg.faults = vec![
-        FaultCode::F01,
-        FaultCode::F03,
-        FaultCode::F07,
-        FaultCode::F14,
-    ];
-    cfg.fault_rate = 0.05;
-    let mut sim = Simulator::new(cfg)?;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let capture = data_dir.join("demo-capture.jsonl");
-    println!(
-        "simulating {} chargers for {} (seed {}) with {} injected faults…",
-        a.devices,
-        a.duration,
-        a.seed,
-        sim.labels().len()
-    );
-    {
-        let file = std::fs::File::create(&capture)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        sim.run(&mut |rec| {
-            w.write_all(rec.render().as_bytes())?;
-            w.write_all(b"\n")
-        })?;
-        w.flush()?;
-    }
-    let mut reg = std::fs::File::create(data_dir.join("devices.csv"))?;
-    sim::write_devices_csv(sim.devices(), &mut reg)?;
-    let mut lab = std::fs::File::create(data_dir.join("demo-labels.csv"))?;
-    sim::write_labels_csv(sim.labels(), &mut lab)?;
-    let r = pipeline::import_files(
-        StoreConfig::new(data_dir),
-        std::slice::from_ref(&capture),
-        InputFormat::Capture,
-        None,
-        clock,
-        &mut Bar::new(),
-    )?;
-    print_import(&r);
-    let snapshot = Snapshot::load(data_dir)?;
-    let q = "SELECT count(DISTINCT device_id) AS devices, count(*) AS vitals_rows, \
-             round(max(vehicle_current_a), 1) AS max_current_a, \
-             sum(CASE WHEN contactor_closed THEN 1 ELSE 0 END) AS contactor_closed_samples FROM vitals";
-    let batches = rt.block_on(query::query_snapshot(&snapshot, &QueryConfig::default(), q))?;
-    println!("{}", query::render(&batches, OutputFormat::Table)?);
-    let dir = data_dir.display();
-    println!("explore the data:");
-    println!(
-        "  wallscope --data-dir {dir} sql \"SELECT device_id, max(handle_temp_c) FROM vitals GROUP BY device_id ORDER BY 2 DESC LIMIT 5\""
-    );
-    println!(
-        "  wallscope --data-dir {dir} sql \"SELECT error_class, count(*) FROM dead_letters GROUP BY 1\""
-    );
-    println!("  wallscope --data-dir {dir} status");
-    println!(
-        "ground truth for the injected faults: {}",
-        data_dir.join("demo-labels.csv").display()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
 fn cmd_status(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let s = open_snapshot(data_dir)?;
     println!("data directory {}", s.dir.display());
@@ -492,5 +417,6 @@ fn cmd_status(data_dir: &Path) -> anyhow::Result<ExitCode> {
             tail
         );
     }
+    live::print_ingest_status(data_dir);
     Ok(ExitCode::SUCCESS)
 }

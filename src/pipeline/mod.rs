@@ -144,3 +144,5 @@ fn commit(store: &mut Store, batcher: &mut Batcher) -> Result<(), PipelineError>
     store.sync()?;
     Ok(())
 }
+
+pub mod live;
