@@ -186,6 +186,17 @@ fn wallscope_run(port: u16, id: &str, data: &Path, n: usize, cfg: &Path) -> (Chi
         .spawn()
         .expect("wallscope binary (cargo build --release first)");
     let _ = n;
+    // E2E_PERF=dir: profile this run with `perf record -g` (attached to the process).
+    if let Ok(dir) = std::env::var("E2E_PERF") {
+        let out = Path::new(&dir).join(format!("{id}.perf"));
+        let _ = Command::new("perf")
+            .args(["record", "-F", "1999", "-g", "-o"])
+            .arg(out)
+            .args(["-p", &child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
     (child, t)
 }
 
@@ -275,6 +286,32 @@ fn main() {
     let r = wait_durable(&mut c, t, &data, n);
     drain.push((
         "wallscope run (durable acks)",
+        r.secs,
+        r.p99_ms,
+        Some((r.rss_max_mib, r.rss_end_mib)),
+    ));
+    // The same with one poison message in every 100 (invalid JSON: dead-lettered and acked).
+    let poisoned: Vec<(String, Vec<u8>)> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, (t, p))| {
+            if i % 100 == 99 {
+                (
+                    t.clone(),
+                    br#"{"ts":1,"seq":1,"data":{"grid_v":24x}}"#.to_vec(),
+                )
+            } else {
+                (t.clone(), p.clone())
+            }
+        })
+        .collect();
+    rt.block_on(prepare_session(port, "d-ws-poison"));
+    rt.block_on(publish(port, "d-pub-4", &poisoned));
+    let data = tmp.path().join("drain-poison-data");
+    let (mut c, t) = wallscope_run(port, "d-ws-poison", &data, n, &cfg);
+    let r = wait_durable(&mut c, t, &data, n);
+    drain.push((
+        "wallscope run, 1 % poison",
         r.secs,
         r.p99_ms,
         Some((r.rss_max_mib, r.rss_end_mib)),

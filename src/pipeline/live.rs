@@ -127,21 +127,25 @@ pub async fn run(
     let mut received: Vec<i64> = Vec::new();
     let mut stop_seen = stop_rx.clone();
     let mut stopping = false;
+    let mut inbox = Vec::with_capacity(4096);
     loop {
         let wait_ms = batcher.ms_until_due().unwrap_or(i64::MAX).max(0) as u64;
+        // Take whatever is queued in one go: one wake-up per burst, not per message.
         let commit_now = tokio::select! {
             biased;
-            d = deliveries.recv() => match d {
-                Some(d) => {
+            n = deliveries.recv_many(&mut inbox, 4096) => {
+                if n == 0 {
+                    break;
+                }
+                for d in inbox.drain(..) {
                     if let Outcome::Dead(_) = decoder.decode(&d.message, &mut batcher.builders) {
                         metrics.dead_letters.inc();
                     }
-                    batcher.note_rows();
                     tokens.push(d.ack);
                     received.push(d.message.received_at_ms);
-                    batcher.due() || (stopping && deliveries.is_empty())
                 }
-                None => break,
+                batcher.note_rows();
+                batcher.due() || (stopping && deliveries.is_empty())
             },
             _ = stop_seen.changed(), if !stopping => {
                 stopping = true;
