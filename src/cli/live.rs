@@ -212,7 +212,8 @@ fn stop_on_signals(stop: watch::Sender<bool>) {
     });
 }
 
-/// Prints a status line every `every` (overwritten in place on a terminal).
+/// Prints a status line every `every`, overwritten in place on a terminal; into a log
+/// (stderr not a terminal) as a new line every 15 × `every`.
 fn status_line(
     metrics: Arc<IngestMetrics>,
     clock: Arc<dyn Clock>,
@@ -224,6 +225,8 @@ fn status_line(
             return;
         }
         let tty = std::io::stderr().is_terminal();
+        // In a log (not a terminal) a line every 2 s is noise: one every 15 intervals.
+        let every = if tty { every } else { every * 15 };
         let mut last = metrics.snapshot(clock.now_ms());
         let mut printed = false;
         loop {
