@@ -380,8 +380,7 @@ fn main() {
             println!(
                 "| {name} | {rate:.0} | {:.2} | {} | {} |",
                 rate / bare,
-                p99.map(|v| format!("≤{v} ms"))
-                    .unwrap_or_else(|| "-".into()),
+                p99.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into()),
                 rss.map(|(a, b)| format!("{a:.0} / {b:.0} MiB"))
                     .unwrap_or_else(|| "-".into())
             );

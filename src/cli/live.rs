@@ -266,7 +266,7 @@ fn format_status(prev: &MetricsSnapshot, now: &MetricsSnapshot) -> String {
         now.dead_letters,
         now.reconnects,
         now.ack_latency_p99_ms
-            .map(|v| format!("≤{v} ms"))
+            .map(|v| format!("{v} ms"))
             .unwrap_or_else(|| "-".into())
     )
 }
@@ -339,10 +339,10 @@ fn print_run_summary(r: &LiveReport) {
         m.sessions_lost,
         m.redelivered,
         m.ack_latency_p50_ms
-            .map(|v| format!("≤{v} ms"))
+            .map(|v| format!("{v} ms"))
             .unwrap_or_else(|| "-".into()),
         m.ack_latency_p99_ms
-            .map(|v| format!("≤{v} ms"))
+            .map(|v| format!("{v} ms"))
             .unwrap_or_else(|| "-".into()),
     );
     if r.open.recovery.torn_tails > 0 {

@@ -22,38 +22,45 @@ impl Counter {
     }
 }
 
-/// Ack latency (receive → PUBACK queued) in power-of-two millisecond buckets: exact enough
-/// for p50/p99 on a status line, constant memory, no allocation per sample.
-#[derive(Debug, Default)]
+/// Ack latency (receive → PUBACK written) in 1 ms buckets up to 4 s (the last bucket
+/// holds everything slower): exact to the millisecond where the targets live, constant
+/// memory (32 KiB), no allocation per sample.
+#[derive(Debug)]
 pub struct LatencyHistogram {
-    buckets: [AtomicU64; 24],
+    buckets: Box<[AtomicU64]>,
+}
+
+const LATENCY_BUCKETS: usize = 4096;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 impl LatencyHistogram {
     pub fn record_ms(&self, ms: u64) {
-        let b = (64 - ms.leading_zeros()) as usize; // 0 → 0, 1 → 1, 2..3 → 2, 4..7 → 3 …
-        self.buckets[b.min(23)].fetch_add(1, Ordering::Relaxed);
+        let b = (ms as usize).min(LATENCY_BUCKETS - 1);
+        self.buckets[b].fetch_add(1, Ordering::Relaxed);
     }
-    /// Upper bound (ms) of the bucket holding quantile `q`, or None without samples.
+    /// The latency (ms) at quantile `q`, or None without samples. The top bucket reads as
+    /// its lower bound (4095 ms).
     pub fn quantile_ms(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
+        let total: u64 = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum();
         if total == 0 {
             return None;
         }
         let want = ((total as f64) * q).ceil().max(1.0) as u64;
         let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
             if seen >= want {
-                return Some(if i == 0 { 0 } else { (1u64 << i) - 1 });
+                return Some(i as u64);
             }
         }
-        None
+        Some((LATENCY_BUCKETS - 1) as u64)
     }
 }
 
@@ -203,7 +210,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_quantiles_bound_the_samples() {
+    fn histogram_quantiles_are_exact_to_the_millisecond() {
         let h = LatencyHistogram::default();
         assert_eq!(h.quantile_ms(0.5), None);
         for _ in 0..98 {
@@ -211,9 +218,11 @@ mod tests {
         }
         h.record_ms(300);
         h.record_ms(300);
-        assert_eq!(h.quantile_ms(0.5), Some(15));
-        assert_eq!(h.quantile_ms(0.99), Some(511));
+        assert_eq!(h.quantile_ms(0.5), Some(10));
+        assert_eq!(h.quantile_ms(0.99), Some(300));
         h.record_ms(0);
         assert_eq!(h.quantile_ms(0.0), Some(0));
+        h.record_ms(1_000_000);
+        assert_eq!(h.quantile_ms(1.0), Some(4095));
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, PubAck,
     QoS, StateError, SubscribeReasonCode,
 };
 use tokio::sync::{mpsc, watch};
@@ -89,10 +89,9 @@ impl MqttSource {
         stop: watch::Receiver<bool>,
     ) -> Result<(MqttSource, AckSender), IngestError> {
         let options = cfg.mqtt_options()?;
-        // The request channel carries our acks; sized for the whole pending window so
-        // `try_ack` only fails when the eventloop is genuinely behind.
-        let cap = cfg.max_pending_messages.clamp(1024, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(options, cap);
+        // The request channel only carries the subscription and the disconnect: acks are
+        // written by the poll loop directly (see `write_acks`).
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
         let mut net = rumqttc::NetworkOptions::new();
         net.set_connection_timeout(cfg.connect_timeout().as_secs());
         eventloop.set_network_options(net);
@@ -113,7 +112,6 @@ impl MqttSource {
             outstanding_msgs: 0,
             outstanding_bytes: 0,
             to_ack: VecDeque::new(),
-            acks_unsent: 0,
             failures: 0,
         };
         let task = tokio::spawn(lp.run());
@@ -165,10 +163,8 @@ struct PollLoop {
     /// Delivered and not yet returned.
     outstanding_msgs: usize,
     outstanding_bytes: usize,
-    /// Returned tokens of the live connection waiting for room in the request channel.
+    /// Returned tokens of the live connection whose PUBACKs are not yet written.
     to_ack: VecDeque<AckToken>,
-    /// Acks handed to rumqttc and not yet written to the socket.
-    acks_unsent: usize,
     /// Consecutive failed connection attempts (drives the backoff).
     failures: u32,
 }
@@ -184,26 +180,23 @@ impl PollLoop {
         let mut acks_open = true;
         let mut stop_seen = false;
         loop {
+            if let Err(e) = self.write_acks().await {
+                self.on_error(e).await?;
+                continue;
+            }
             let stopping = stop_seen || *self.stop.borrow();
-            if stopping && self.outstanding_msgs == 0 && self.to_ack.is_empty() {
+            if stopping && self.outstanding_msgs == 0 {
                 break;
             }
             if !acks_open {
                 // Nothing more can become durable: whatever was not acked will be redelivered.
                 break;
             }
-            self.push_acks();
             let full = self.outstanding_msgs >= self.cfg.max_pending_messages
                 || self.outstanding_bytes >= self.cfg.max_pending_bytes;
             // Each poll yields at most one delivery, so not polling while the window is full
-            // makes it a hard bound. Acks queued meanwhile go out once tokens come back (the
-            // pipeline commits on age, so they always do). When stopping, poll only to write
-            // the remaining acks.
-            let want_poll = if stopping {
-                self.acks_unsent > 0
-            } else {
-                !full
-            };
+            // makes it a hard bound. Acks do not need polls: they are written directly.
+            let want_poll = !stopping && !full;
             self.metrics.set_paused(full && !stopping);
             let step = tokio::select! {
                 biased;
@@ -247,17 +240,38 @@ impl PollLoop {
             .set_pending(self.outstanding_msgs, self.outstanding_bytes);
     }
 
-    fn push_acks(&mut self) {
-        while let Some(t) = self.to_ack.front() {
-            let mut p = Publish::new("", t.qos, Vec::new());
-            p.pkid = t.pkid;
-            match self.client.try_ack(&p) {
-                Ok(()) => {
-                    self.to_ack.pop_front();
-                    self.acks_unsent += 1;
-                }
-                Err(_) => break, // channel full: the eventloop drains it as we poll
+    /// Writes PUBACKs for every returned token of the live connection straight onto the
+    /// connection, then flushes once: one syscall per committed batch instead of one per
+    /// message (rumqttc flushes each ack request on its own). With manual acks rumqttc keeps
+    /// no state for incoming QoS 1 packet ids, so writing them here leaves its state exact.
+    /// Only this task touches the event loop, so the connection cannot change underneath.
+    async fn write_acks(&mut self) -> Result<(), ConnectionError> {
+        if self.to_ack.is_empty() {
+            return Ok(());
+        }
+        let Some(net) = self.eventloop.network.as_mut() else {
+            // Not connected: the broker redelivers these on the resumed session.
+            self.metrics
+                .acks_dropped_stale
+                .add(self.to_ack.len() as u64);
+            self.to_ack.clear();
+            return Ok(());
+        };
+        let n = self.to_ack.len() as u64;
+        let acks = &mut self.to_ack;
+        let write = async {
+            for t in acks.drain(..) {
+                net.write(Packet::PubAck(PubAck::new(t.pkid))).await?;
             }
+            net.flush().await
+        };
+        match tokio::time::timeout(self.cfg.connect_timeout(), write).await {
+            Ok(Ok(())) => {
+                self.metrics.acked.add(n);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ConnectionError::MqttState(e)),
+            Err(_) => Err(ConnectionError::FlushTimeout),
         }
     }
 
@@ -341,10 +355,6 @@ impl PollLoop {
                 self.metrics.subscriptions.inc();
                 tracing::info!(topics = ?self.cfg.topics, "subscribed with QoS 1");
             }
-            Event::Outgoing(Outgoing::PubAck(_)) => {
-                self.acks_unsent = self.acks_unsent.saturating_sub(1);
-                self.metrics.acked.inc();
-            }
             _ => {}
         }
         Ok(())
@@ -354,9 +364,13 @@ impl PollLoop {
         let was_connected = self.connected;
         self.connected = false;
         self.connection += 1;
-        // rumqttc already dropped our queued acks with the connection; these did not go out.
-        self.acks_unsent = 0;
+        // Acks not yet written belong to the dead connection.
         self.to_ack.clear();
+        // A failed ack write leaves rumqttc's connection in place: drop it so the next poll
+        // reconnects (rumqttc does the same itself for errors inside `poll`).
+        if self.eventloop.network.is_some() {
+            self.eventloop.clean();
+        }
         // Publishes read before the failure but not yet handed out belong to the dead
         // connection; the broker redelivers them on the resumed session.
         self.eventloop.state.events.clear();
@@ -442,21 +456,15 @@ impl PollLoop {
         }
     }
 
-    /// Flushes queued acks (bounded wait), then says goodbye so the broker keeps the session.
+    /// Writes the last acks, then says goodbye so the broker keeps the session.
     async fn disconnect(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        self.push_acks();
-        while self.connected && (self.acks_unsent > 0 || !self.to_ack.is_empty()) {
-            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                Ok(Ok(ev)) => {
-                    if let Err(e) = self.on_event(ev) {
-                        tracing::warn!(error = %e, "while flushing acks");
-                    }
-                    self.push_acks();
-                }
-                _ => break,
-            }
+        if self.connected
+            && let Err(e) = self.write_acks().await
+        {
+            tracing::warn!(error = %describe(&e), "could not write the last acks; the broker will redeliver those messages");
+            return;
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         if self.connected && self.client.try_disconnect().is_ok() {
             let _ = tokio::time::timeout_at(deadline, async {
                 loop {
