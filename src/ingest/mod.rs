@@ -68,6 +68,14 @@ pub struct AckToken {
     pkid: u16,
     qos: QoS,
     bytes: u32,
+    received_at_ms: i64,
+}
+
+impl AckToken {
+    /// When the message arrived (what ack latency is measured from).
+    pub fn received_at_ms(&self) -> i64 {
+        self.received_at_ms
+    }
 }
 
 /// The caller's side of a running source: deliveries to read, and the task to join. The
@@ -279,11 +287,13 @@ impl PollLoop {
         match ev {
             Event::Incoming(Packet::Publish(p)) => {
                 let bytes = p.payload.len();
+                let received_at_ms = self.clock.now_ms();
                 let token = AckToken {
                     connection: self.connection,
                     pkid: p.pkid,
                     qos: p.qos,
                     bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+                    received_at_ms,
                 };
                 self.metrics.received.inc();
                 self.metrics.received_bytes.add(bytes as u64);
@@ -297,7 +307,7 @@ impl PollLoop {
                 let message = Message {
                     topic: p.topic,
                     payload: p.payload.to_vec(),
-                    received_at_ms: self.clock.now_ms(),
+                    received_at_ms,
                     recorded: false,
                 };
                 if self

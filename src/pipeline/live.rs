@@ -62,7 +62,6 @@ pub struct LiveReport {
 struct Committed {
     ticket: CommitTicket,
     tokens: Vec<AckToken>,
-    received_at_ms: Vec<i64>,
 }
 
 /// Runs until `stop` turns true (then drains: commits what was received, acks it, compacts)
@@ -124,7 +123,6 @@ pub async fn run(
     let mut decoder = Decoder::new(cfg.decode.clone());
     let mut batcher = Batcher::new(cfg.flush.clone(), clock.clone());
     let mut tokens: Vec<AckToken> = Vec::new();
-    let mut received: Vec<i64> = Vec::new();
     let mut stop_seen = stop_rx.clone();
     let mut stopping = false;
     let mut inbox = Vec::with_capacity(4096);
@@ -142,7 +140,6 @@ pub async fn run(
                         metrics.dead_letters.inc();
                     }
                     tokens.push(d.ack);
-                    received.push(d.message.received_at_ms);
                 }
                 batcher.note_rows();
                 batcher.due() || (stopping && deliveries.is_empty())
@@ -158,7 +155,6 @@ pub async fn run(
             let c = Committed {
                 ticket,
                 tokens: std::mem::take(&mut tokens),
-                received_at_ms: std::mem::take(&mut received),
             };
             if ctx.send(c).is_err() {
                 break; // the acker stopped on a store failure
@@ -167,11 +163,7 @@ pub async fn run(
     }
     if !tokens.is_empty() {
         let ticket = handle.submit(batcher.flush()).await;
-        let _ = ctx.send(Committed {
-            ticket,
-            tokens,
-            received_at_ms: received,
-        });
+        let _ = ctx.send(Committed { ticket, tokens });
     }
     drop(ctx);
     let commit_result = acker
@@ -214,8 +206,9 @@ async fn acker(
         match c.ticket.await.map_err(ticket_error).and_then(|r| r) {
             Ok(_lsn) => {
                 let now = clock.now_ms();
-                for r in &c.received_at_ms {
-                    metrics.ack_latency.record_ms((now - r).max(0) as u64);
+                for t in &c.tokens {
+                    let waited = now - t.received_at_ms();
+                    metrics.ack_latency.record_ms(waited.max(0) as u64);
                 }
                 metrics.rows_durable.add(c.tokens.len() as u64);
                 metrics.commits.inc();
