@@ -2,8 +2,8 @@
 //!
 //! Modules follow the pipeline and depend only downwards (docs/ARCHITECTURE.md):
 //! layer 0 `model`, `clock`, `capture`; 1 `config`, `decode`, `sim`; 2 `batch`;
-//! 3 `store`, `source`, `ingest` (MQTT), `broker` (embedded); 4 `query`; 5 `pipeline`;
-//! 6 `cli`.
+//! 3 `store`, `source`, `registry`, `ingest` (MQTT), `broker` (embedded); 4 `query`;
+//! 5 `rules`; 6 `pipeline`; 7 `cli`.
 
 pub mod batch;
 pub mod broker;
@@ -16,6 +16,8 @@ pub mod ingest;
 pub mod model;
 pub mod pipeline;
 pub mod query;
+pub mod registry;
+pub mod rules;
 pub mod sim;
 pub mod source;
 pub mod store;

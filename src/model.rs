@@ -249,6 +249,60 @@ fn build_schema(t: Table) -> SchemaRef {
 static SCHEMAS: LazyLock<Vec<SchemaRef>> =
     LazyLock::new(|| Table::ALL.iter().map(|t| build_schema(*t)).collect());
 
+/// The rule layer's output table: one row per fault episode (rules/findings.rs writes it).
+pub const FINDINGS_TABLE: &str = "findings";
+/// Where the findings live inside a data directory.
+pub const FINDINGS_FILE: &str = "findings/findings.parquet";
+
+/// `findings`: rule, fault, device, the evidence's time span, severity, evidence values
+/// (a JSON object) and the ordered steps (a JSON array of `{"who", "text"}`).
+pub fn findings_schema() -> SchemaRef {
+    FINDINGS_SCHEMA.clone()
+}
+
+static FINDINGS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("fault", DataType::Utf8, false),
+        Field::new(COL_DEVICE_ID, DataType::Utf8, false),
+        Field::new("first_ts", ts_type(), false),
+        Field::new("last_ts", ts_type(), false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("class", DataType::Utf8, false),
+        Field::new("owner", DataType::Utf8, false),
+        Field::new("title", DataType::Utf8, false),
+        Field::new("summary", DataType::Utf8, false),
+        Field::new("evidence", DataType::Utf8, false),
+        Field::new("steps", DataType::Utf8, false),
+        // Event time of the evaluation that first reported the episode.
+        Field::new("detected_at", ts_type(), false),
+    ]))
+});
+
+/// The device registry's table name.
+pub const DEVICES_TABLE: &str = "devices";
+/// A registry a data directory may hold (loaded when `--devices` is not given).
+pub const DEVICES_FILE: &str = "devices.csv";
+
+/// `devices`: installation facts the charger's API does not expose (DOMAIN.md §2.6).
+pub fn devices_schema() -> SchemaRef {
+    DEVICES_SCHEMA.clone()
+}
+
+static DEVICES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new(COL_DEVICE_ID, DataType::Utf8, false),
+        Field::new("service_type", DataType::Utf8, true),
+        Field::new("breaker_a", DataType::Float64, true),
+        Field::new("max_current_a", DataType::Float64, true),
+        Field::new("part_number", DataType::Utf8, true),
+        Field::new("site", DataType::Utf8, true),
+        Field::new("installer", DataType::Utf8, true),
+        Field::new("commissioned_at", DataType::Utf8, true),
+        Field::new("firmware_version", DataType::Utf8, true),
+    ]))
+});
+
 /// Why a message went to `dead_letters` — a closed set so metrics stay low-cardinality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ErrorClass {

@@ -5,7 +5,9 @@
 //! (the firmware's field names are mixed case: `currentA_a`), a memory pool with a hard
 //! limit, no URL tables. Statements are planned first and refused before execution unless
 //! the plan is a query: DDL, DML (INSERT, COPY), and statements (SET, transactions) never run.
-//! Besides the stored tables, `metrics` holds the last live ingest's counters.
+//! Besides the stored tables, `metrics` holds the last live ingest's counters, `findings` the
+//! rule layer's episodes, and `devices` the registry (`devices.csv` in the data directory, or
+//! the file a command names).
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
+use crate::model::{DEVICES_FILE, DEVICES_TABLE, FINDINGS_FILE, FINDINGS_TABLE, findings_schema};
 use crate::store::{Snapshot, catalog};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,13 @@ pub enum QueryError {
     Sql(#[from] DataFusionError),
     #[error("cannot format the result: {0}")]
     Format(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("{path}: cannot read the findings: {source}")]
+    Findings {
+        path: String,
+        source: crate::store::files::FileError,
+    },
 }
 
 /// Limits for one session.
@@ -60,7 +70,43 @@ pub fn session(snapshot: &Snapshot, cfg: &QueryConfig) -> Result<SessionContext,
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     catalog::register(&ctx, snapshot)?;
     ctx.register_table("metrics", metrics_table(snapshot)?)?;
+    ctx.register_table(FINDINGS_TABLE, findings_table(snapshot)?)?;
+    let registry = snapshot.dir.join(DEVICES_FILE);
+    let devices = if registry.is_file() {
+        crate::registry::load(&registry)?
+    } else {
+        crate::registry::empty()
+    };
+    set_devices(&ctx, devices)?;
     Ok(ctx)
+}
+
+/// Registers (or replaces) the `devices` registry table.
+pub fn set_devices(ctx: &SessionContext, devices: RecordBatch) -> Result<(), QueryError> {
+    let schema = devices.schema();
+    ctx.deregister_table(DEVICES_TABLE)?;
+    ctx.register_table(
+        DEVICES_TABLE,
+        Arc::new(MemTable::try_new(schema, vec![vec![devices]])?),
+    )?;
+    Ok(())
+}
+
+/// The stored findings (empty before the rule layer has run on this data directory).
+fn findings_table(snapshot: &Snapshot) -> Result<Arc<MemTable>, QueryError> {
+    let path = snapshot.dir.join(FINDINGS_FILE);
+    let batches = if path.is_file() {
+        crate::store::files::read_parquet(&path, None).map_err(|source| QueryError::Findings {
+            path: path.display().to_string(),
+            source,
+        })?
+    } else {
+        Vec::new()
+    };
+    Ok(Arc::new(MemTable::try_new(
+        findings_schema(),
+        vec![batches],
+    )?))
 }
 
 /// The live ingest's counters as a table (name, value, at): empty when no ingest has run.

@@ -68,6 +68,18 @@ pub struct RunArgs {
     /// Seconds between status lines (0: none).
     #[arg(long, default_value_t = 2)]
     pub status_interval_s: u64,
+    /// Ingest only: no live rule evaluation.
+    #[arg(long)]
+    pub no_rules: bool,
+    /// Shortest time between live rule evaluations (e.g. 2s).
+    #[arg(long)]
+    pub rules_interval: Option<String>,
+    /// Device registry for the rules (CSV or Parquet); default: devices.csv in the data
+    /// directory.
+    #[arg(long, value_name = "FILE")]
+    pub devices: Option<PathBuf>,
+    #[command(flatten)]
+    pub rules: super::diagnose::RuleArgs,
 }
 
 #[derive(Args, Debug)]
@@ -175,12 +187,33 @@ fn live_config(
     if let Some(v) = file.store.compact_after_ms {
         store.compact_after_ms = v;
     }
+    let rules = if a.no_rules {
+        None
+    } else {
+        let interval_ms = match &a.rules_interval {
+            Some(s) => crate::config::parse_duration_ms(s)
+                .map_err(|e| anyhow::anyhow!("--rules-interval: {e}"))?
+                .max(10) as u64,
+            None => 2000,
+        };
+        Some(crate::pipeline::live_rules::LiveRules {
+            pack: a.rules.load()?,
+            devices: a
+                .devices
+                .as_deref()
+                .map(crate::registry::load)
+                .transpose()?,
+            interval_ms,
+            full_every_ms: 60_000,
+        })
+    };
     Ok(LiveConfig {
         store,
         mqtt: c,
         decode: DecodeConfig::default(),
         flush,
         status_interval_ms: file.batch.status_interval_ms.unwrap_or(2000),
+        rules,
     })
 }
 
@@ -345,6 +378,21 @@ fn print_run_summary(r: &LiveReport) {
             .map(|v| format!("{v} ms"))
             .unwrap_or_else(|| "-".into()),
     );
+    if m.rule_evaluations > 0 {
+        println!(
+            "live rules: {} evaluations ({:.0} ms mean), {} new finding(s), lag after durable last {} ms / max {} ms{}",
+            m.rule_evaluations,
+            m.rule_eval_ms as f64 / m.rule_evaluations as f64,
+            m.findings_new,
+            m.rule_lag_ms_last,
+            m.rule_lag_ms_max,
+            if m.rule_errors > 0 {
+                format!(", {} errors (see the log)", m.rule_errors)
+            } else {
+                String::new()
+            }
+        );
+    }
     if r.open.recovery.torn_tails > 0 {
         println!(
             "recovered a torn WAL tail at start ({} bytes dropped; those messages were never acked and came again)",
@@ -418,6 +466,9 @@ pub fn cmd_demo(
         )),
         // rumqttd forwards at most 100 unacked messages per subscriber: commit often.
         flush_interval: Some("1ms".into()),
+        // The whole simulated fleet is new data at every step; evaluate less often than a
+        // steady-state `run` so the rules do not starve the burst of ingest.
+        rules_interval: Some("5s".into()),
         ..RunArgs::default()
     };
     let live_cfg = live_config(data_dir, &run_args, Some(b.url()))?;
@@ -516,8 +567,13 @@ pub fn cmd_demo(
     );
     print_run_summary(&report);
     print_tables(data_dir, rt)?;
+    super::diagnose::evaluate_store_and_print(data_dir, rt)?;
     let dir = data_dir.display();
     println!("explore the data:");
+    println!(
+        "  wallscope --data-dir {dir} sql \"SELECT fault, severity, count(*) FROM findings GROUP BY 1, 2 ORDER BY 1\""
+    );
+    println!("  wallscope diagnose --store {dir}");
     println!(
         "  wallscope --data-dir {dir} sql \"SELECT device_id, max(handle_temp_c) FROM vitals GROUP BY device_id ORDER BY 2 DESC LIMIT 5\""
     );

@@ -20,6 +20,7 @@ use crate::sim::{self, FaultCode, SimConfig, Simulator};
 use crate::source::InputFormat;
 use crate::store::{Snapshot, StoreConfig};
 
+mod diagnose;
 mod live;
 
 #[derive(Parser, Debug)]
@@ -62,6 +63,17 @@ pub enum Command {
     Demo(live::DemoArgs),
     /// Show what the data directory holds.
     Status,
+    /// Replay captures or logs (or a store) through the rules; print findings with
+    /// evidence and ordered steps.
+    Diagnose(diagnose::DiagnoseArgs),
+    /// One screen on one charger: status, latest vitals against normal ranges, sessions,
+    /// active findings with steps, lifetime counters, Wi-Fi.
+    Health(diagnose::HealthArgs),
+    /// Score the rules on a labelled capture: per-fault precision and recall.
+    Eval(diagnose::EvalArgs),
+    /// Check or list the diagnostic rules.
+    #[command(subcommand)]
+    Rules(diagnose::RulesCommand),
 }
 
 #[derive(Args, Debug)]
@@ -86,6 +98,10 @@ pub struct SqlArgs {
     /// Memory the query may use, in MiB.
     #[arg(long, default_value_t = 2048)]
     pub memory_limit_mb: usize,
+    /// Also compute the rule layer's shared views (samples, contactor_episodes, sessions,
+    /// baselines) so the query can read them, as a rule would.
+    #[arg(long)]
+    pub views: bool,
 }
 
 #[derive(Args, Debug)]
@@ -138,14 +154,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => live::cmd_run(&cli.data_dir, a, clock, &rt),
         Command::Demo(a) => live::cmd_demo(&cli.data_dir, a, clock, &rt),
         Command::Status => cmd_status(&cli.data_dir),
+        Command::Diagnose(a) => diagnose::cmd_diagnose(a, clock, &rt),
+        Command::Eval(a) => diagnose::cmd_eval(a, clock, &rt),
+        Command::Health(a) => diagnose::cmd_health(&cli.data_dir, a, &rt),
+        Command::Rules(c) => diagnose::cmd_rules(c, clock, &rt),
     }
 }
 
 /// An indicatif bar on stderr, hidden when stderr is not a terminal.
-struct Bar(Option<indicatif::ProgressBar>);
+pub(crate) struct Bar(Option<indicatif::ProgressBar>);
 
 impl Bar {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Bar(None)
     }
 }
@@ -177,25 +197,32 @@ impl Progress for Bar {
     }
 }
 
-fn cmd_import(data_dir: &Path, a: ImportArgs, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
-    if a.format == InputFormat::Capture && a.device.is_some() {
+/// Checks import-style arguments before any work starts.
+pub(crate) fn check_import_args(
+    format: InputFormat,
+    device: Option<&str>,
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
+    if format == InputFormat::Capture && device.is_some() {
         bail!(
             "--device only applies to --format vitals-log (capture lines name their device in the topic)"
         );
     }
-    if a.format == InputFormat::VitalsLog {
-        let d = a
-            .device
-            .as_deref()
-            .ok_or(crate::source::SourceError::NeedDevice)?;
+    if format == InputFormat::VitalsLog {
+        let d = device.ok_or(crate::source::SourceError::NeedDevice)?;
         crate::model::parse_topic(&format!("wc/{d}/vitals"))
             .map_err(|_| crate::source::SourceError::BadDevice(d.into()))?;
     }
-    for f in &a.files {
+    for f in files {
         if !f.is_file() {
             bail!("{}: no such file", f.display());
         }
     }
+    Ok(())
+}
+
+fn cmd_import(data_dir: &Path, a: ImportArgs, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
+    check_import_args(a.format, a.device.as_deref(), &a.files)?;
     let r = pipeline::import_files(
         StoreConfig::new(data_dir),
         &a.files,
@@ -279,7 +306,13 @@ async fn cmd_sql(data_dir: &Path, a: SqlArgs) -> anyhow::Result<ExitCode> {
         memory_limit_bytes: a.memory_limit_mb.max(16) << 20,
         ..QueryConfig::default()
     };
-    match query::query_snapshot(&snapshot, &cfg, &a.query).await {
+    let ctx = query::session(&snapshot, &cfg)?;
+    if a.views {
+        crate::rules::engine::register_views(&ctx)
+            .await
+            .context("cannot compute the rule views")?;
+    }
+    match query::run_readonly(&ctx, &a.query).await {
         Ok(batches) => {
             let text = query::render(&batches, a.format)?;
             let mut out = std::io::stdout().lock();

@@ -85,6 +85,15 @@ pub struct IngestMetrics {
     pub dead_letters: Counter,
     pub commits: Counter,
     pub ack_latency: LatencyHistogram,
+    /// Live rule evaluations, their summed wall time, and the findings they added or extended.
+    pub rule_evaluations: Counter,
+    pub rule_eval_ms: Counter,
+    pub rule_errors: Counter,
+    pub findings_new: Counter,
+    /// Time from a batch becoming durable to the evaluation that covered it finishing:
+    /// the last one and the largest seen.
+    rule_lag_ms_last: AtomicU64,
+    rule_lag_ms_max: AtomicU64,
     pending_msgs: AtomicU64,
     pending_bytes: AtomicU64,
     paused: AtomicBool,
@@ -103,6 +112,10 @@ impl IngestMetrics {
         } else if !paused {
             self.paused.store(false, Ordering::Relaxed);
         }
+    }
+    pub fn set_rule_lag_ms(&self, ms: u64) {
+        self.rule_lag_ms_last.store(ms, Ordering::Relaxed);
+        self.rule_lag_ms_max.fetch_max(ms, Ordering::Relaxed);
     }
     pub fn set_started(&self, ms: i64) {
         if let Ok(mut s) = self.started_ms.lock() {
@@ -131,6 +144,12 @@ impl IngestMetrics {
             commits: self.commits.get(),
             ack_latency_p50_ms: self.ack_latency.quantile_ms(0.5),
             ack_latency_p99_ms: self.ack_latency.quantile_ms(0.99),
+            rule_evaluations: self.rule_evaluations.get(),
+            rule_eval_ms: self.rule_eval_ms.get(),
+            rule_errors: self.rule_errors.get(),
+            findings_new: self.findings_new.get(),
+            rule_lag_ms_last: self.rule_lag_ms_last.load(Ordering::Relaxed),
+            rule_lag_ms_max: self.rule_lag_ms_max.load(Ordering::Relaxed),
         }
     }
 }
@@ -157,6 +176,18 @@ pub struct MetricsSnapshot {
     pub commits: u64,
     pub ack_latency_p50_ms: Option<u64>,
     pub ack_latency_p99_ms: Option<u64>,
+    #[serde(default)]
+    pub rule_evaluations: u64,
+    #[serde(default)]
+    pub rule_eval_ms: u64,
+    #[serde(default)]
+    pub rule_errors: u64,
+    #[serde(default)]
+    pub findings_new: u64,
+    #[serde(default)]
+    pub rule_lag_ms_last: u64,
+    #[serde(default)]
+    pub rule_lag_ms_max: u64,
 }
 
 impl MetricsSnapshot {
@@ -181,6 +212,12 @@ impl MetricsSnapshot {
             ("commits", self.commits as f64),
             ("ack_latency_p50_ms", opt(self.ack_latency_p50_ms)),
             ("ack_latency_p99_ms", opt(self.ack_latency_p99_ms)),
+            ("rule_evaluations", self.rule_evaluations as f64),
+            ("rule_eval_ms", self.rule_eval_ms as f64),
+            ("rule_errors", self.rule_errors as f64),
+            ("findings_new", self.findings_new as f64),
+            ("rule_lag_ms_last", self.rule_lag_ms_last as f64),
+            ("rule_lag_ms_max", self.rule_lag_ms_max as f64),
         ]
     }
 }

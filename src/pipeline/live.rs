@@ -9,7 +9,9 @@
 //!
 //! So no message is acked before the fsync that covers it, acks leave in receive order, and
 //! a dead letter is acked exactly like a row (it is durable in `dead_letters`). On a store
-//! failure nothing further is acked: the broker keeps the rest for the next run. The
+//! failure nothing further is acked: the broker keeps the rest for the next run. With rules
+//! on, the acker also tells the live evaluator (`live_rules`) which devices each durable
+//! batch touched; it runs on its own task and never holds up acks. The
 //! counters are written to the data directory every few seconds ([`crate::ingest::STATUS_FILE`]).
 
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use super::live_rules::{self, Dirty};
 use crate::batch::{Batcher, FlushPolicy};
 use crate::clock::Clock;
 use crate::decode::{DecodeConfig, Decoder, Outcome};
@@ -48,6 +51,8 @@ pub struct LiveConfig {
     pub flush: FlushPolicy,
     /// How often the counters are written to the status file.
     pub status_interval_ms: u64,
+    /// Evaluate the rules as batches become durable (None: ingest only).
+    pub rules: Option<super::live_rules::LiveRules>,
 }
 
 /// What a live ingest did, when it ends.
@@ -62,6 +67,8 @@ pub struct LiveReport {
 struct Committed {
     ticket: CommitTicket,
     tokens: Vec<AckToken>,
+    /// What the batch brings the live rules (None when they are off).
+    dirty: Option<Dirty>,
 }
 
 /// Runs until `stop` turns true (then drains: commits what was received, acks it, compacts)
@@ -104,9 +111,25 @@ pub async fn run(
         stop_rx.clone(),
     )?;
     let (ctx, crx) = mpsc::unbounded_channel::<Committed>();
+    let rules_on = cfg.rules.is_some();
+    let (dirty_tx, rules_task) = match cfg.rules.clone() {
+        Some(r) => {
+            let (tx, rx) = mpsc::unbounded_channel::<Dirty>();
+            let task = tokio::spawn(live_rules::run(
+                r,
+                handle.clone(),
+                data_dir.clone(),
+                rx,
+                metrics.clone(),
+            ));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
     let acker = tokio::spawn(acker(
         crx,
         acks,
+        dirty_tx,
         metrics.clone(),
         clock.clone(),
         stop_tx.clone(),
@@ -151,10 +174,13 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis(wait_ms)), if !tokens.is_empty() => true,
         };
         if commit_now && !tokens.is_empty() {
-            let ticket = handle.submit(batcher.flush()).await;
+            let batches = batcher.flush();
+            let dirty = rules_on.then(|| Dirty::of(&batches));
+            let ticket = handle.submit(batches).await;
             let c = Committed {
                 ticket,
                 tokens: std::mem::take(&mut tokens),
+                dirty,
             };
             if ctx.send(c).is_err() {
                 break; // the acker stopped on a store failure
@@ -162,13 +188,23 @@ pub async fn run(
         }
     }
     if !tokens.is_empty() {
-        let ticket = handle.submit(batcher.flush()).await;
-        let _ = ctx.send(Committed { ticket, tokens });
+        let batches = batcher.flush();
+        let dirty = rules_on.then(|| Dirty::of(&batches));
+        let ticket = handle.submit(batches).await;
+        let _ = ctx.send(Committed {
+            ticket,
+            tokens,
+            dirty,
+        });
     }
     drop(ctx);
     let commit_result = acker
         .await
         .unwrap_or_else(|e| Err(format!("acker panicked: {e}")));
+    // The acker dropped its sender: the rules evaluate what is left, store, and end.
+    if let Some(t) = rules_task {
+        let _ = t.await;
+    }
     let source_result = MqttSource::join(source.task).await;
     let _ = stop_tx.send(true);
     forward.abort();
@@ -198,6 +234,7 @@ pub async fn run(
 async fn acker(
     mut rx: mpsc::UnboundedReceiver<Committed>,
     acks: AckSender,
+    rules: Option<mpsc::UnboundedSender<Dirty>>,
     metrics: Arc<IngestMetrics>,
     clock: Arc<dyn Clock>,
     stop: watch::Sender<bool>,
@@ -213,6 +250,11 @@ async fn acker(
                 metrics.rows_durable.add(c.tokens.len() as u64);
                 metrics.commits.inc();
                 acks.ack(c.tokens);
+                if let (Some(tx), Some(mut d)) = (&rules, c.dirty) {
+                    d.durable_at = Some(std::time::Instant::now());
+                    // A closed channel means the evaluator ended; ingest goes on regardless.
+                    let _ = tx.send(d);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed; stopping without acknowledging the rest");

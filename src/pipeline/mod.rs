@@ -80,6 +80,39 @@ pub fn import_files(
     progress: &mut dyn Progress,
 ) -> Result<ImportReport, PipelineError> {
     let started = Instant::now();
+    let (store, mut report) = import_open(store_cfg, paths, format, device, clock, progress)?;
+    report.compaction = store.close()?;
+    report.elapsed_ms = started.elapsed().as_millis();
+    Ok(report)
+}
+
+/// Imports files into a scratch store (see `StoreConfig::scratch`) and returns a snapshot
+/// of it without compacting: for `diagnose` and the rule test cases, which read the rows
+/// once and throw the directory away.
+pub fn import_scratch(
+    store_cfg: StoreConfig,
+    paths: &[PathBuf],
+    format: InputFormat,
+    device: Option<&str>,
+    clock: Arc<dyn Clock>,
+    progress: &mut dyn Progress,
+) -> Result<(ImportReport, crate::store::Snapshot), PipelineError> {
+    let started = Instant::now();
+    let (store, mut report) = import_open(store_cfg, paths, format, device, clock, progress)?;
+    let snapshot = store.snapshot();
+    drop(store);
+    report.elapsed_ms = started.elapsed().as_millis();
+    Ok((report, snapshot))
+}
+
+fn import_open(
+    store_cfg: StoreConfig,
+    paths: &[PathBuf],
+    format: InputFormat,
+    device: Option<&str>,
+    clock: Arc<dyn Clock>,
+    progress: &mut dyn Progress,
+) -> Result<(Store, ImportReport), PipelineError> {
     let (mut store, open) = Store::open(store_cfg, clock.clone())?;
     let mut report = ImportReport {
         open,
@@ -130,11 +163,9 @@ pub fn import_files(
     }
     commit(&mut store, &mut batcher)?;
     report.duplicates = store.stats().duplicates_dropped;
-    report.compaction = store.close()?;
     report.decode = decoder.take_stats();
     progress.finish();
-    report.elapsed_ms = started.elapsed().as_millis();
-    Ok(report)
+    Ok((store, report))
 }
 
 fn commit(store: &mut Store, batcher: &mut Batcher) -> Result<(), PipelineError> {
@@ -145,4 +176,6 @@ fn commit(store: &mut Store, batcher: &mut Batcher) -> Result<(), PipelineError>
     Ok(())
 }
 
+pub mod cases;
 pub mod live;
+pub mod live_rules;

@@ -95,7 +95,15 @@ impl TableProvider for StoreTable {
             plans.push(t.scan(state, projection, filters, limit).await?);
         }
         if !self.tail.is_empty() || plans.is_empty() {
-            let m = MemTable::try_new(self.schema.clone(), vec![self.tail.clone()])?;
+            // Spread the tail's batches over the session's partitions so scans of a large
+            // tail (a scratch store holds everything there) run in parallel.
+            let n = state.config().target_partitions().max(1);
+            let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n.min(self.tail.len().max(1))];
+            let len = parts.len();
+            for (i, b) in self.tail.iter().enumerate() {
+                parts[i % len].push(b.clone());
+            }
+            let m = MemTable::try_new(self.schema.clone(), parts)?;
             plans.push(m.scan(state, projection, filters, limit).await?);
         }
         UnionExec::try_new(plans)

@@ -164,6 +164,38 @@ pub fn write_parquet(
     })
 }
 
+/// Writes one batch to `path` durably (temp file, fsync, rename, fsync dir), zstd, with the
+/// batch's own schema: for derived tables (findings) that are replaced as a whole.
+pub fn write_batch_durable(batch: &RecordBatch, path: &Path) -> Result<u64, FileError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_dir_durable(dir)?;
+    let tmp = dir.join(format!(
+        ".tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
+    ));
+    let pq = |source| FileError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let ioe = |source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let f = File::create(&tmp).map_err(ioe)?;
+    let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).map_err(pq)?;
+    w.write(batch).map_err(pq)?;
+    let f = w.into_inner().map_err(pq)?;
+    f.sync_all().map_err(ioe)?;
+    let bytes = f.metadata().map_err(ioe)?.len();
+    drop(f);
+    fs::rename(&tmp, path).map_err(ioe)?;
+    fsync_dir(dir)?;
+    Ok(bytes)
+}
+
 /// Creates `dir` and any missing parents, fsyncing each new directory's parent so the new
 /// entries survive a power loss (a Parquet file is only as durable as its directory chain).
 pub fn create_dir_durable(dir: &Path) -> Result<(), FileError> {

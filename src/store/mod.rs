@@ -75,6 +75,9 @@ pub struct StoreConfig {
     pub dedup_partitions: usize,
     /// Files replaced by a merge are deleted after this long (readers may still hold them).
     pub obsolete_grace_ms: i64,
+    /// fsync WAL commits. Off only for scratch stores that never outlive the process
+    /// (`diagnose` on files, rule test cases): there nothing is acknowledged to anyone.
+    pub fsync: bool,
 }
 
 impl StoreConfig {
@@ -87,6 +90,18 @@ impl StoreConfig {
             max_files_per_partition: 4,
             dedup_partitions: 96,
             obsolete_grace_ms: 5 * 60 * 1000,
+            fsync: true,
+        }
+    }
+
+    /// A scratch store: no fsync, and no compaction until the tail is very large (queries
+    /// read the in-memory tail directly).
+    pub fn scratch(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            fsync: false,
+            compact_after_rows: 50_000_000,
+            compact_after_ms: i64::MAX,
+            ..StoreConfig::new(data_dir)
         }
     }
 }
@@ -244,7 +259,7 @@ impl Store {
         let orphans = remove_orphans(&dir, &manifest)?;
         let mut dedup = DedupIndex::new(cfg.dedup_partitions);
         let mut records = Vec::new();
-        let (wal, recovery) = WalWriter::recover(
+        let (mut wal, recovery) = WalWriter::recover(
             &dir.join("wal"),
             manifest.compacted_lsn,
             cfg.wal_segment_bytes,
@@ -253,6 +268,7 @@ impl Store {
                 Ok(())
             },
         )?;
+        wal.set_fsync(cfg.fsync);
         let mut tail = Vec::with_capacity(records.len());
         let mut tail_rows = 0usize;
         for rec in records {

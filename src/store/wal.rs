@@ -234,9 +234,16 @@ pub struct WalWriter {
     synced_lsn: u64,
     buf: Vec<u8>,
     segment_bytes: u64,
+    /// Off only for scratch stores whose data never outlives the process.
+    fsync: bool,
 }
 
 impl WalWriter {
+    /// Turns fsync off (scratch stores: `diagnose` on files, rule test cases) or back on.
+    pub fn set_fsync(&mut self, on: bool) {
+        self.fsync = on;
+    }
+
     /// Recovers `dir` (truncating a torn tail of the newest segment), calls `sink` for every
     /// record with an LSN above `skip_through`, and opens a fresh segment for appends.
     pub fn recover(
@@ -330,6 +337,7 @@ impl WalWriter {
             synced_lsn: first_lsn - 1,
             buf: Vec::new(),
             segment_bytes,
+            fsync: true,
         })
     }
 
@@ -359,7 +367,9 @@ impl WalWriter {
             return Ok(self.synced_lsn);
         }
         self.out.flush().map_err(io(&self.path))?;
-        self.out.get_ref().sync_data().map_err(io(&self.path))?;
+        if self.fsync {
+            self.out.get_ref().sync_data().map_err(io(&self.path))?;
+        }
         self.synced_lsn = self.next_lsn - 1;
         if self.bytes >= self.segment_bytes {
             self.rotate()?;
@@ -374,9 +384,13 @@ impl WalWriter {
             return Ok(last);
         }
         self.out.flush().map_err(io(&self.path))?;
-        self.out.get_ref().sync_data().map_err(io(&self.path))?;
+        if self.fsync {
+            self.out.get_ref().sync_data().map_err(io(&self.path))?;
+        }
         self.synced_lsn = last;
+        let fsync = self.fsync;
         *self = Self::create_segment(&self.dir, self.next_lsn, self.segment_bytes)?;
+        self.fsync = fsync;
         Ok(last)
     }
 

@@ -8,10 +8,11 @@ fn layer(module: &str) -> Option<u8> {
         "model" | "clock" | "capture" => 0,
         "config" | "decode" | "sim" => 1,
         "batch" => 2,
-        "store" | "source" | "ingest" | "broker" => 3,
+        "store" | "source" | "registry" | "ingest" | "broker" => 3,
         "query" => 4,
-        "pipeline" => 5,
-        "cli" => 6,
+        "rules" => 5,
+        "pipeline" => 6,
+        "cli" => 7,
         _ => return None,
     })
 }

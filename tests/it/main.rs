@@ -9,4 +9,5 @@ mod cli;
 mod harness;
 mod layers;
 mod mqtt;
+mod rules;
 mod store_crash;

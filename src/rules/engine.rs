@@ -1,0 +1,484 @@
+//! Evaluation: run a pack over a scope of the store (a time range, optionally some devices)
+//! and turn each result row into a [`Finding`].
+//!
+//! One evaluation = one DataFusion session: the store's tables restricted to the scope (plus
+//! each rule's look-back window before it), the shared views materialized once, then every
+//! rule. Time is event time throughout: "now" is the end of the scope, or the newest
+//! telemetry in it, never the wall clock — so a capture evaluated a year later, or replayed
+//! at 100×, gives the same findings.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, UInt64Type};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionContext, col, lit};
+use datafusion::scalar::ScalarValue;
+use serde_json::Value;
+
+use super::finding::Finding;
+use super::pack::{Pack, SPECIAL_COLUMNS};
+use super::spec::{Rule, Severity};
+use super::views::VIEWS;
+use crate::capture::format_rfc3339_ms;
+use crate::model::Table;
+use crate::query::{self, QueryConfig, QueryError};
+use crate::store::Snapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("evaluation: {0}")]
+    DataFusion(#[from] DataFusionError),
+    #[error("shared view `{view}` failed: {source}")]
+    View {
+        view: &'static str,
+        source: DataFusionError,
+    },
+    #[error("rule {rule} ({source_file}) failed: {problem}")]
+    Rule {
+        rule: String,
+        source_file: String,
+        problem: String,
+    },
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Findings must end at or after this time (the data read starts earlier, by the
+    /// longest rule window, so episodes that began before it are seen whole).
+    pub since_ms: Option<i64>,
+    /// Evaluate as of this time (exclusive); default: the newest telemetry in scope.
+    pub until_ms: Option<i64>,
+    /// Only these devices (live mode evaluates the devices with new data).
+    pub devices: Option<Vec<String>>,
+}
+
+/// A rule that could not judge some devices because the registry lacks a fact it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub rule: String,
+    pub fault: String,
+    pub missing: Vec<String>,
+    pub devices: Vec<String>,
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<&str> = self.devices.iter().take(5).map(|s| s.as_str()).collect();
+        let more = if self.devices.len() > 5 {
+            format!(" and {} more", self.devices.len() - 5)
+        } else {
+            String::new()
+        };
+        write!(
+            f,
+            "{} ({}) not evaluated for {}{more}: the device registry has no {} (load one with --devices FILE)",
+            self.fault,
+            self.rule,
+            shown.join(", "),
+            self.missing.join(", ")
+        )
+    }
+}
+
+/// The outcome of one evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    pub findings: Vec<Finding>,
+    pub notes: Vec<Note>,
+    pub eval_start_ms: i64,
+    pub eval_end_ms: i64,
+    /// De-duplicated vitals samples the rules saw.
+    pub samples: u64,
+    pub devices: usize,
+    /// Wall time per shared view and per rule.
+    pub timings: Vec<(String, Duration)>,
+}
+
+/// A session ready for rules: the scope's tables, the shared views, the registry.
+pub struct Prepared {
+    pub ctx: SessionContext,
+    pub eval_start_ms: i64,
+    pub eval_end_ms: i64,
+    pub samples: u64,
+    /// For each device in scope, the registry facts it has.
+    pub facts: BTreeMap<String, Vec<String>>,
+    pub timings: Vec<(String, Duration)>,
+}
+
+/// Builds the session one evaluation runs in; `None` when the scope holds no telemetry.
+/// `lookback_ms` extends the data read before `scope.since_ms` (the longest rule window).
+pub async fn prepare(
+    snapshot: &Snapshot,
+    devices: Option<RecordBatch>,
+    lookback_ms: i64,
+    scope: &Scope,
+    cfg: &QueryConfig,
+) -> Result<Option<Prepared>, EvalError> {
+    let ctx = query::session(snapshot, cfg)?;
+    if let Some(d) = devices {
+        query::set_devices(&ctx, d)?;
+    }
+    let read_from = scope.since_ms.map(|s| s.saturating_sub(lookback_ms));
+    for t in Table::TELEMETRY {
+        // `fleet_<table>`: the same time range for every device, for rules that compare a
+        // unit with the fleet (live evaluations narrow the plain tables to a few devices).
+        let fleet = format!("fleet_{}", t.name());
+        restrict(&ctx, t.name(), &fleet, read_from, scope.until_ms, None).await?;
+        restrict(
+            &ctx,
+            t.name(),
+            t.name(),
+            read_from,
+            scope.until_ms,
+            scope.devices.as_deref(),
+        )
+        .await?;
+    }
+    let Some((min_ms, max_ms)) = time_span(&ctx).await? else {
+        return Ok(None);
+    };
+    let mut p = Prepared {
+        eval_end_ms: scope.until_ms.unwrap_or(max_ms + 1),
+        eval_start_ms: scope.since_ms.unwrap_or(min_ms),
+        samples: 0,
+        facts: BTreeMap::new(),
+        timings: Vec::new(),
+        ctx,
+    };
+    for (name, took, rows) in register_views(&p.ctx).await? {
+        if name == "samples" {
+            p.samples = rows;
+        }
+        p.timings.push((format!("view {name}"), took));
+    }
+    p.facts = registry_facts(&p.ctx).await?;
+    Ok(Some(p))
+}
+
+/// Evaluates `pack` over `scope` of `snapshot`. `devices` replaces the data directory's
+/// registry when given.
+pub async fn evaluate(
+    snapshot: &Snapshot,
+    devices: Option<RecordBatch>,
+    pack: &Pack,
+    scope: &Scope,
+    cfg: &QueryConfig,
+) -> Result<Evaluation, EvalError> {
+    let lookback = pack.rules.iter().map(|r| r.window_ms).max().unwrap_or(0);
+    match prepare(snapshot, devices, lookback, scope, cfg).await? {
+        Some(p) => run_pack(&p, pack, scope).await,
+        None => Ok(Evaluation::default()),
+    }
+}
+
+/// Runs every rule of `pack` in a prepared session.
+pub async fn run_pack(p: &Prepared, pack: &Pack, scope: &Scope) -> Result<Evaluation, EvalError> {
+    let ctx = &p.ctx;
+    let facts = &p.facts;
+    let mut out = Evaluation {
+        eval_start_ms: p.eval_start_ms,
+        eval_end_ms: p.eval_end_ms,
+        samples: p.samples,
+        devices: facts.len(),
+        timings: p.timings.clone(),
+        ..Evaluation::default()
+    };
+    let engine_params = [
+        ("eval_start_ms", out.eval_start_ms.to_string()),
+        ("eval_end_ms", out.eval_end_ms.to_string()),
+    ];
+    for rule in &pack.rules {
+        let started = Instant::now();
+        let sql = rule.render_sql(&engine_params);
+        let batches = query::run_readonly(ctx, &sql)
+            .await
+            .map_err(|e| rule_error(rule, e.to_string()))?;
+        let mut found = Vec::new();
+        for b in &batches {
+            found.extend(extract(rule, b, out.eval_end_ms)?);
+        }
+        if !rule.needs.is_empty() {
+            let lacking: Vec<String> = facts
+                .iter()
+                .filter(|(_, have)| rule.needs.iter().any(|n| !have.contains(n)))
+                .map(|(d, _)| d.clone())
+                .collect();
+            if !lacking.is_empty() {
+                let missing = rule
+                    .needs
+                    .iter()
+                    .filter(|n| lacking.iter().any(|d| !facts[d].contains(*n)))
+                    .cloned()
+                    .collect();
+                out.notes.push(Note {
+                    rule: rule.id.clone(),
+                    fault: rule.fault.clone(),
+                    missing,
+                    devices: lacking,
+                });
+            }
+        }
+        if let Some(since) = scope.since_ms {
+            found.retain(|f| f.last_ms >= since);
+        }
+        out.findings.extend(found);
+        out.timings
+            .push((format!("rule {}", rule.id), started.elapsed()));
+    }
+    Ok(out)
+}
+
+/// Computes the shared views once and registers them as in-memory tables (in build order:
+/// each may read the ones before). Returns each view's time and row count.
+pub async fn register_views(
+    ctx: &SessionContext,
+) -> Result<Vec<(&'static str, Duration, u64)>, EvalError> {
+    let mut out = Vec::new();
+    for (name, sql) in VIEWS {
+        let started = Instant::now();
+        let batches = async { ctx.sql(sql).await?.collect().await }
+            .await
+            .map_err(|source| EvalError::View { view: name, source })?;
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => ctx.sql(sql).await?.schema().inner().clone(),
+        };
+        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![batches])?))?;
+        out.push((name, started.elapsed(), rows));
+    }
+    Ok(out)
+}
+
+fn rule_error(rule: &Rule, problem: String) -> EvalError {
+    EvalError::Rule {
+        rule: rule.id.clone(),
+        source_file: rule.source.clone(),
+        problem,
+    }
+}
+
+/// Registers `target` as a view of table `source`'s rows in scope (replacing `target`).
+async fn restrict(
+    ctx: &SessionContext,
+    source: &str,
+    target: &str,
+    from_ms: Option<i64>,
+    until_ms: Option<i64>,
+    devices: Option<&[String]>,
+) -> Result<(), EvalError> {
+    if source == target && from_ms.is_none() && until_ms.is_none() && devices.is_none() {
+        return Ok(());
+    }
+    let ts = |ms: i64| {
+        lit(ScalarValue::TimestampMillisecond(
+            Some(ms),
+            Some("UTC".into()),
+        ))
+    };
+    let mut df = ctx.table(source).await?;
+    if let Some(f) = from_ms {
+        df = df.filter(col("ts").gt_eq(ts(f)))?;
+    }
+    if let Some(u) = until_ms {
+        df = df.filter(col("ts").lt(ts(u)))?;
+    }
+    if let Some(d) = devices {
+        let list = d.iter().map(|s| lit(s.as_str())).collect();
+        df = df.filter(col("device_id").in_list(list, false))?;
+    }
+    let view = df.into_view();
+    ctx.deregister_table(target)?;
+    ctx.register_table(target, view)?;
+    Ok(())
+}
+
+/// The oldest and newest telemetry time in scope (vitals, lifetime, wifi).
+async fn time_span(ctx: &SessionContext) -> Result<Option<(i64, i64)>, EvalError> {
+    let sql = "SELECT MIN(t), MAX(t) FROM (\
+        SELECT CAST(ts AS BIGINT) AS t FROM vitals \
+        UNION ALL SELECT CAST(ts AS BIGINT) FROM lifetime \
+        UNION ALL SELECT CAST(ts AS BIGINT) FROM wifi)";
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let Some(b) = batches.first().filter(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let min = b.column(0).as_primitive_opt::<Int64Type>();
+    let max = b.column(1).as_primitive_opt::<Int64Type>();
+    Ok(match (min, max) {
+        (Some(a), Some(z)) if !a.is_null(0) && !z.is_null(0) => Some((a.value(0), z.value(0))),
+        _ => None,
+    })
+}
+
+/// For each device in scope, the registry facts it has.
+async fn registry_facts(ctx: &SessionContext) -> Result<BTreeMap<String, Vec<String>>, EvalError> {
+    let facts = super::spec::REGISTRY_FACTS;
+    let checks: Vec<String> = facts
+        .iter()
+        .map(|f| format!("d.{f} IS NOT NULL AS {f}"))
+        .collect();
+    let sql = format!(
+        "SELECT s.device_id, {} FROM (SELECT DISTINCT device_id FROM samples) s \
+         LEFT JOIN devices d ON s.device_id = d.device_id",
+        checks.join(", ")
+    );
+    let mut out = BTreeMap::new();
+    for b in ctx.sql(&sql).await?.collect().await? {
+        let ids = text_column(b.column(0))?;
+        for r in 0..b.num_rows() {
+            let mut have = Vec::new();
+            for (i, f) in facts.iter().enumerate() {
+                let c = b.column(i + 1).as_boolean_opt();
+                if c.is_some_and(|c| c.is_valid(r) && c.value(r)) {
+                    have.push((*f).to_string());
+                }
+            }
+            out.insert(ids.value(r).to_string(), have);
+        }
+    }
+    Ok(out)
+}
+
+fn text_column(a: &ArrayRef) -> Result<StringArray, DataFusionError> {
+    let c = arrow::compute::cast(a, &DataType::Utf8)?;
+    Ok(c.as_string::<i32>().clone())
+}
+
+fn ms_column(a: &ArrayRef) -> Result<Int64Array, DataFusionError> {
+    let c = match a.data_type() {
+        DataType::Int64 => a.clone(),
+        _ => {
+            let t = arrow::compute::cast(a, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+            arrow::compute::cast(&t, &DataType::Int64)?
+        }
+    };
+    Ok(c.as_primitive::<Int64Type>().clone())
+}
+
+/// Turns one result batch of `rule` into findings.
+fn extract(rule: &Rule, b: &RecordBatch, eval_end_ms: i64) -> Result<Vec<Finding>, EvalError> {
+    let err = |p: String| rule_error(rule, p);
+    let schema = b.schema();
+    let idx = |name: &str| schema.index_of(name).ok();
+    let (Some(di), Some(fi), Some(li)) = (idx("device_id"), idx("first_ts"), idx("last_ts")) else {
+        return Err(err(
+            "the result lacks device_id, first_ts or last_ts (run wallscope rules check)".into(),
+        ));
+    };
+    let conv = |e: DataFusionError| err(e.to_string());
+    let ids = text_column(b.column(di)).map_err(conv)?;
+    let first = ms_column(b.column(fi)).map_err(conv)?;
+    let last = ms_column(b.column(li)).map_err(conv)?;
+    let severity = idx("severity")
+        .map(|i| text_column(b.column(i)))
+        .transpose()
+        .map_err(conv)?;
+    let summary = idx("summary")
+        .map(|i| text_column(b.column(i)))
+        .transpose()
+        .map_err(conv)?;
+    let evidence_cols: Vec<usize> = (0..schema.fields().len())
+        .filter(|i| {
+            let n = schema.field(*i).name().as_str();
+            ![di, fi, li].contains(i) && !SPECIAL_COLUMNS.contains(&n)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(b.num_rows());
+    for r in 0..b.num_rows() {
+        if ids.is_null(r) || first.is_null(r) || last.is_null(r) {
+            continue;
+        }
+        let sev = match severity.as_ref().filter(|s| s.is_valid(r)) {
+            Some(s) => Severity::parse(s.value(r)).ok_or_else(|| {
+                err(format!(
+                    "severity {:?} is not one of info, minor, major, critical",
+                    s.value(r)
+                ))
+            })?,
+            None => rule.severity,
+        };
+        let summary = summary
+            .as_ref()
+            .filter(|s| s.is_valid(r))
+            .map(|s| s.value(r).to_string())
+            .unwrap_or_else(|| rule.title.clone());
+        let evidence = evidence_cols
+            .iter()
+            .map(|&i| (schema.field(i).name().clone(), cell_json(b.column(i), r)))
+            .collect();
+        let (a, z) = (first.value(r), last.value(r));
+        out.push(Finding {
+            rule: rule.id.clone(),
+            fault: rule.fault.clone(),
+            device_id: ids.value(r).to_string(),
+            first_ms: a.min(z),
+            last_ms: a.max(z),
+            severity: sev,
+            class: rule.class.as_str().into(),
+            owner: rule.owner.as_str().into(),
+            title: rule.title.clone(),
+            summary,
+            evidence,
+            steps: rule.steps.clone(),
+            detected_ms: eval_end_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// One evidence value as JSON: numbers rounded to 3 decimals, times as RFC 3339.
+fn cell_json(a: &ArrayRef, r: usize) -> Value {
+    if a.is_null(r) {
+        return Value::Null;
+    }
+    match a.data_type() {
+        DataType::Boolean => Value::Bool(
+            a.as_any()
+                .downcast_ref::<BooleanArray>()
+                .is_some_and(|b| b.value(r)),
+        ),
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32 => arrow::compute::cast(a, &DataType::Int64)
+            .ok()
+            .map(|c| Value::from(c.as_primitive::<Int64Type>().value(r)))
+            .unwrap_or(Value::Null),
+        DataType::UInt64 => Value::from(a.as_primitive::<UInt64Type>().value(r)),
+        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
+            arrow::compute::cast(a, &DataType::Float64)
+                .ok()
+                .map(|c| {
+                    let v = c.as_primitive::<Float64Type>().value(r);
+                    let rounded = (v * 1000.0).round() / 1000.0;
+                    serde_json::Number::from_f64(rounded).map_or(Value::Null, Value::Number)
+                })
+                .unwrap_or(Value::Null)
+        }
+        DataType::Timestamp(..) => ms_column(a)
+            .ok()
+            .map(|c| Value::String(format_rfc3339_ms(c.value(r))))
+            .unwrap_or(Value::Null),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..) => {
+            text_column(a)
+                .ok()
+                .map(|c| Value::String(c.value(r).to_string()))
+                .unwrap_or(Value::Null)
+        }
+        _ => arrow::util::display::ArrayFormatter::try_new(a.as_ref(), &Default::default())
+            .ok()
+            .map(|f| Value::String(f.value(r).to_string()))
+            .unwrap_or(Value::Null),
+    }
+}

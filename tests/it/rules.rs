@@ -1,0 +1,319 @@
+//! The rule layer: rule test cases as data (golden files), the real captures through
+//! `diagnose`, `rules check` problems, `health`, and the stored `findings` table.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use wallscope::clock::SystemClock;
+use wallscope::pipeline::cases;
+use wallscope::rules::{PackSource, pack};
+
+use crate::harness::*;
+
+/// Every case under rules/tests: goldens match, and each case's must / must_not hold.
+#[test]
+fn rule_cases_match_their_goldens() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/tests");
+    let pack = pack::load(&PackSource::builtin()).expect("built-in rules load");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let list = cases::list(&dir).unwrap();
+    assert!(list.len() >= 4, "too few rule cases: {list:?}");
+    let mut failures = Vec::new();
+    for c in &list {
+        let r = cases::run(c, &pack, false, Arc::new(SystemClock), rt.handle()).unwrap();
+        for f in r.failures {
+            failures.push(format!("{}: {f}", r.case));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "rule cases failed (regenerate goldens with `wallscope rules test --bless` only if the change is intended):\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn builtin_pack_plans_and_covers_the_catalogue() {
+    let pack = pack::load(&PackSource::builtin()).expect("built-in rules load");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let problems = rt.block_on(pack::check(&pack));
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut faults: Vec<&str> = pack.rules.iter().map(|r| r.fault.as_str()).collect();
+    faults.sort_unstable();
+    faults.dedup();
+    for need in ["F00", "F01"] {
+        assert!(faults.contains(&need), "no rule for {need}: {faults:?}");
+    }
+    for r in &pack.rules {
+        assert!(!r.steps.is_empty(), "{} has no steps", r.id);
+    }
+}
+
+fn diagnose_json(dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let o = run(dir, args);
+    assert!(o.status.success(), "diagnose failed: {}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn diagnose_finds_f01_on_the_failing_unit_and_nothing_on_the_healthy_one() {
+    let d = tempfile::tempdir().unwrap();
+    let home: Vec<String> = HOME_LOGS
+        .iter()
+        .map(|f| real(f).display().to_string())
+        .collect();
+    let mut args = vec![
+        "diagnose",
+        "--format",
+        "vitals-log",
+        "--device",
+        "home",
+        "--json",
+    ];
+    args.extend(home.iter().map(String::as_str));
+    let found = diagnose_json(d.path(), &args);
+    let f01: Vec<_> = found.iter().filter(|f| f["fault"] == "F01").collect();
+    assert_eq!(f01.len(), 1, "{found:?}");
+    let f = f01[0];
+    for key in [
+        "device_id",
+        "fault",
+        "rule",
+        "severity",
+        "first_ts",
+        "last_ts",
+        "evidence",
+        "steps",
+    ] {
+        assert!(!f[key].is_null(), "F01 finding lacks {key}: {f}");
+    }
+    assert_eq!(f["device_id"], "home");
+    // Five dead attempts across the captured sessions, none drawing current.
+    assert_eq!(f["evidence"]["dead_attempts"], 5, "{f}");
+    assert_eq!(f["evidence"]["max_current_a"], 0.0, "{f}");
+    // The steps start with the vehicle-side checks.
+    let steps = f["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["who"], "customer");
+    assert!(
+        steps[0]["text"].as_str().unwrap().contains("vehicle"),
+        "{}",
+        steps[0]
+    );
+    // Nothing is written into the working directory's default data dir.
+    assert!(!d.path().join("wallscope-data").exists());
+
+    let tt = real("logs5tt-d-2.txt").display().to_string();
+    let found = diagnose_json(
+        d.path(),
+        &[
+            "diagnose",
+            "--format",
+            "vitals-log",
+            "--device",
+            "tt",
+            "--json",
+            &tt,
+        ],
+    );
+    let serious: Vec<_> = found.iter().filter(|f| f["severity"] != "info").collect();
+    assert!(serious.is_empty(), "healthy unit got {serious:?}");
+}
+
+#[test]
+fn rules_check_names_each_file_and_the_fix() {
+    let d = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/f01_contactor_no_current.toml"),
+    )
+    .unwrap()
+    .replace("id = \"contactor_no_current\"", "id = \"my_rule\"");
+    let rules = d.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("a_column.toml"),
+        good.replace("e.max_current_a < ", "e.max_curent_a < ")
+            .replace("my_rule", "a_rule"),
+    )
+    .unwrap();
+    std::fs::write(
+        rules.join("b_output.toml"),
+        good.replace("SELECT c.device_id,", "SELECT c.device_id AS dev,")
+            .replace("my_rule", "b_rule"),
+    )
+    .unwrap();
+    std::fs::write(
+        rules.join("c_fault.toml"),
+        good.replace("fault = \"F01\"", "fault = \"F77\"")
+            .replace("my_rule", "c_rule"),
+    )
+    .unwrap();
+    std::fs::write(
+        rules.join("d_dup.toml"),
+        good.replace("my_rule", "contactor_no_current"),
+    )
+    .unwrap();
+    let o = run(d.path(), &["rules", "check", rules.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    // Load problems first (fault code, duplicate id), reported together.
+    assert!(
+        err.contains("c_fault.toml: unknown fault code \"F77\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("d_dup.toml: duplicate rule id \"contactor_no_current\""),
+        "{err}"
+    );
+    std::fs::remove_file(rules.join("c_fault.toml")).unwrap();
+    std::fs::remove_file(rules.join("d_dup.toml")).unwrap();
+    let o = run(d.path(), &["rules", "check", rules.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("a_column.toml: the SQL does not plan") && err.contains("max_curent_a"),
+        "{err}"
+    );
+    assert!(
+        err.contains("b_output.toml: the SQL does not return a `device_id` column"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // The built-in pack on its own is clean.
+    let o = run(d.path(), &["rules", "check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn health_reports_status_findings_and_sessions() {
+    let d = tempfile::tempdir().unwrap();
+    import_real(d.path());
+    let o = run(d.path(), &["health", "home"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("home · FAULTED"), "{out}");
+    assert!(
+        out.contains("latest vitals:") && out.contains("grid_v"),
+        "{out}"
+    );
+    assert!(out.contains("F01 MAJOR"), "{out}");
+    assert!(out.contains("unplugged_no_energy"), "{out}");
+    let o = run(d.path(), &["health", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no telemetry for device \"nope\"") && stderr(&o).contains("home"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// The same capture evaluated live (chunk by chunk as it becomes durable, only the devices
+/// each chunk touched, merged into the stored findings) and in history mode (once, over
+/// everything) yields identical findings.
+#[test]
+fn live_evaluation_equals_history() {
+    use std::io::Write as _;
+    use wallscope::batch::{Batcher, FlushPolicy};
+    use wallscope::decode::{DecodeConfig, Decoder};
+    use wallscope::pipeline::live_rules::{Dirty, LiveRules, evaluate_incremental};
+    use wallscope::pipeline::{Quiet, import_files};
+    use wallscope::query::QueryConfig;
+    use wallscope::rules::{Scope, evaluate};
+    use wallscope::sim::{SimConfig, Simulator};
+    use wallscope::source::{InputFormat, read_file};
+    use wallscope::store::{Snapshot, StoreConfig};
+
+    let d = tempfile::tempdir().unwrap();
+    use wallscope::sim::FaultCode::*;
+    let mut sim = Simulator::new(SimConfig {
+        devices: 14,
+        duration_ms: 6 * 3_600_000,
+        seed: 9,
+        faults: vec![F00, F01, F03, F04, F07, F09, F14, F22],
+        fault_rate: 0.7,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let mut lines = Vec::new();
+    sim.run(&mut |rec| {
+        lines.push(rec.render());
+        Ok(())
+    })
+    .unwrap();
+    let mut reg = Vec::new();
+    wallscope::sim::write_devices_csv(sim.devices(), &mut reg).unwrap();
+    let devices =
+        wallscope::registry::parse_csv(std::str::from_utf8(&reg).unwrap(), "sim").unwrap();
+    let pack = pack::load(&PackSource::builtin()).unwrap();
+    let live = LiveRules {
+        pack: pack.clone(),
+        devices: Some(devices.clone()),
+        interval_ms: 0,
+        full_every_ms: u64::MAX,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let clock: Arc<dyn wallscope::clock::Clock> = Arc::new(SystemClock);
+    let data = d.path().join("data");
+    let mut stored = Vec::new();
+    let chunks = 10;
+    let per = lines.len().div_ceil(chunks);
+    for (i, chunk) in lines.chunks(per).enumerate() {
+        let path = d.path().join(format!("chunk{i}.jsonl"));
+        let mut f = std::fs::File::create(&path).unwrap();
+        for l in chunk {
+            writeln!(f, "{l}").unwrap();
+        }
+        drop(f);
+        // What the live writer would hand the evaluator for this batch.
+        let mut decoder = Decoder::new(DecodeConfig::default());
+        let mut batcher = Batcher::new(FlushPolicy::default(), clock.clone());
+        read_file(
+            &path,
+            InputFormat::Capture,
+            None,
+            &mut |m| {
+                decoder.decode(&m, &mut batcher.builders);
+            },
+            &mut |_| {},
+            &mut |_| {},
+        )
+        .unwrap();
+        let dirty = Dirty::of(&batcher.flush());
+        import_files(
+            StoreConfig::new(&data),
+            &[path],
+            InputFormat::Capture,
+            None,
+            clock.clone(),
+            &mut Quiet,
+        )
+        .unwrap();
+        let snapshot = Snapshot::load(&data).unwrap();
+        rt.block_on(evaluate_incremental(
+            &snapshot,
+            &live,
+            Some(&dirty),
+            &mut stored,
+        ))
+        .unwrap();
+    }
+    let snapshot = Snapshot::load(&data).unwrap();
+    let history = rt
+        .block_on(evaluate(
+            &snapshot,
+            Some(devices),
+            &pack,
+            &Scope::default(),
+            &QueryConfig::default(),
+        ))
+        .unwrap();
+    let key = |f: &wallscope::rules::Finding| cases::golden_line(f);
+    let mut h: Vec<String> = history.findings.iter().map(key).collect();
+    let mut l: Vec<String> = stored.iter().map(key).collect();
+    h.sort();
+    l.sort();
+    assert!(h.len() >= 2, "the fleet should show several faults: {h:?}");
+    assert_eq!(l, h, "live findings differ from history");
+}
