@@ -468,7 +468,7 @@ pub fn cmd_demo(
         flush_interval: Some("1ms".into()),
         // The whole simulated fleet is new data at every step; evaluate less often than a
         // steady-state `run` so the rules do not starve the burst of ingest.
-        rules_interval: Some("5s".into()),
+        rules_interval: Some("10s".into()),
         ..RunArgs::default()
     };
     let live_cfg = live_config(data_dir, &run_args, Some(b.url()))?;
