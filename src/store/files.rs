@@ -133,29 +133,7 @@ pub fn write_parquet(
     let all = concat_batches(&schema, batches)?;
     let sorted = sort_batch(&all)?;
     let (min_ts_ms, max_ts_ms) = ts_range(&sorted).unwrap_or((0, 0));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_dir_durable(dir)?;
-    let tmp = dir.join(format!(
-        ".tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
-    ));
-    let pq = |source| FileError::Parquet {
-        path: path.to_path_buf(),
-        source,
-    };
-    let ioe = |source| FileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = File::create(&tmp).map_err(ioe)?;
-    let mut w = ArrowWriter::try_new(f, schema, Some(writer_properties(table))).map_err(pq)?;
-    w.write(&sorted).map_err(pq)?;
-    let f = w.into_inner().map_err(pq)?;
-    f.sync_all().map_err(ioe)?;
-    let bytes = f.metadata().map_err(ioe)?.len();
-    drop(f);
-    fs::rename(&tmp, path).map_err(ioe)?;
-    fsync_dir(dir)?;
+    let bytes = write_durable(&sorted, writer_properties(table), path)?;
     Ok(Written {
         rows: sorted.num_rows() as u64,
         bytes,
@@ -164,9 +142,21 @@ pub fn write_parquet(
     })
 }
 
-/// Writes one batch to `path` durably (temp file, fsync, rename, fsync dir), zstd, with the
-/// batch's own schema: for derived tables (findings) that are replaced as a whole.
+/// Writes one batch to `path` durably, zstd, with the batch's own schema: for derived
+/// tables (findings) that are replaced as a whole.
 pub fn write_batch_durable(batch: &RecordBatch, path: &Path) -> Result<u64, FileError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    write_durable(batch, props, path)
+}
+
+/// Temp file → write → fsync → rename → fsync dir; returns the file's size.
+fn write_durable(
+    batch: &RecordBatch,
+    props: WriterProperties,
+    path: &Path,
+) -> Result<u64, FileError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     create_dir_durable(dir)?;
     let tmp = dir.join(format!(
@@ -181,9 +171,6 @@ pub fn write_batch_durable(batch: &RecordBatch, path: &Path) -> Result<u64, File
         path: path.to_path_buf(),
         source,
     };
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
     let f = File::create(&tmp).map_err(ioe)?;
     let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).map_err(pq)?;
     w.write(batch).map_err(pq)?;
