@@ -78,7 +78,7 @@ impl std::fmt::Display for Note {
         };
         write!(
             f,
-            "{} ({}) not evaluated for {}{more}: the device registry has no {} (load one with --devices FILE)",
+            "{} ({}) could not be fully judged for {}{more}: the device registry has no {} for them, and the rule does not guess it (load one with --devices FILE)",
             self.fault,
             self.rule,
             shown.join(", "),
