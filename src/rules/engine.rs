@@ -17,6 +17,7 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::finding::Finding;
@@ -264,16 +265,22 @@ pub async fn run_pack(p: &Prepared, pack: &Pack, scope: &Scope) -> Result<Evalua
         ("eval_start_ms", out.eval_start_ms.to_string()),
         ("eval_end_ms", out.eval_end_ms.to_string()),
     ];
-    for rule in &pack.rules {
-        let started = Instant::now();
-        let sql = rule.render_sql(&engine_params);
-        let batches = query::run_readonly(ctx, &sql)
-            .await
-            .map_err(|e| rule_error(rule, e.to_string()))?;
-        let mut found = Vec::new();
-        for b in &batches {
-            found.extend(extract(rule, b, out.eval_end_ms)?);
-        }
+    let eval_end_ms = out.eval_end_ms;
+    let engine_params = &engine_params;
+    // Rules are independent queries over the same materialized views: run a few at once, so
+    // one rule's single-threaded stages (a final sort, a merge) overlap another's parallel
+    // scan. `buffered` keeps the pack's order in the output.
+    let futures: Vec<_> = pack
+        .rules
+        .iter()
+        .map(|rule| Box::pin(eval_rule(ctx, rule, engine_params, eval_end_ms)))
+        .collect();
+    let results: Vec<Result<(Vec<Finding>, Duration), EvalError>> = futures::stream::iter(futures)
+        .buffered(RULES_AT_ONCE)
+        .collect()
+        .await;
+    for (rule, result) in pack.rules.iter().zip(results) {
+        let (mut found, took) = result?;
         if !rule.needs.is_empty() {
             let lacking: Vec<String> = facts
                 .iter()
@@ -299,10 +306,31 @@ pub async fn run_pack(p: &Prepared, pack: &Pack, scope: &Scope) -> Result<Evalua
             found.retain(|f| f.last_ms >= since);
         }
         out.findings.extend(found);
-        out.timings
-            .push((format!("rule {}", rule.id), started.elapsed()));
+        out.timings.push((format!("rule {}", rule.id), took));
     }
     Ok(out)
+}
+
+/// Rules evaluated concurrently within one evaluation.
+const RULES_AT_ONCE: usize = 3;
+
+/// One rule's query and its findings, with the time it took.
+async fn eval_rule(
+    ctx: &SessionContext,
+    rule: &Rule,
+    engine_params: &[(&str, String)],
+    eval_end_ms: i64,
+) -> Result<(Vec<Finding>, Duration), EvalError> {
+    let started = Instant::now();
+    let sql = rule.render_sql(engine_params);
+    let batches = query::run_readonly(ctx, &sql)
+        .await
+        .map_err(|e| rule_error(rule, e.to_string()))?;
+    let mut found = Vec::new();
+    for b in &batches {
+        found.extend(extract(rule, b, eval_end_ms)?);
+    }
+    Ok((found, started.elapsed()))
 }
 
 /// Computes the shared views once and registers them as in-memory tables (in build order:
