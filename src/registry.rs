@@ -35,9 +35,9 @@ pub enum RegistryError {
     Parquet { path: String, problem: String },
 }
 
-/// Columns a registry must have (in any order; more are ignored).
-pub const REQUIRED: [&str; 8] = [
-    COL_DEVICE_ID,
+/// The installation facts a registry holds besides `device_id` (rules may declare them in
+/// `needs`).
+pub const FACTS: [&str; 7] = [
     "service_type",
     "breaker_a",
     "max_current_a",
@@ -46,6 +46,15 @@ pub const REQUIRED: [&str; 8] = [
     "installer",
     "commissioned_at",
 ];
+
+/// Columns a registry must have (in any order; more are ignored): `device_id` and [`FACTS`].
+fn required() -> impl Iterator<Item = &'static str> {
+    std::iter::once(COL_DEVICE_ID).chain(FACTS)
+}
+
+fn required_list() -> String {
+    required().collect::<Vec<_>>().join(",")
+}
 
 /// Accepted `service_type` values.
 pub const SERVICE_TYPES: [&str; 3] = ["split_phase", "single_phase", "three_phase"];
@@ -131,7 +140,7 @@ pub fn parse_csv(text: &str, shown: &str) -> Result<RecordBatch, RegistryError> 
         return Err(RegistryError::Row {
             path: shown.into(),
             line: 1,
-            problem: format!("empty file; expected a header line: {}", REQUIRED.join(",")),
+            problem: format!("empty file; expected a header line: {}", required_list()),
         });
     };
     let header = split_csv(header).map_err(|problem| RegistryError::Row {
@@ -173,12 +182,12 @@ fn build(
         .iter()
         .map(|f| header.iter().position(|h| h.trim() == f.name()))
         .collect();
-    for col in REQUIRED {
+    for col in required() {
         if !header.iter().any(|h| h.trim() == col) {
             return Err(RegistryError::MissingColumn {
                 path: shown.into(),
                 column: col,
-                required: REQUIRED.join(","),
+                required: required_list(),
             });
         }
     }

@@ -120,28 +120,6 @@ fn time_arg(name: &str, v: Option<&str>) -> anyhow::Result<Option<i64>> {
     .transpose()
 }
 
-/// A scratch data directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> anyhow::Result<Self> {
-        let base = std::env::temp_dir();
-        for i in 0..1000u32 {
-            let p = base.join(format!("wallscope-diagnose-{}-{i}", std::process::id()));
-            if std::fs::create_dir(&p).is_ok() {
-                return Ok(Scratch(p));
-            }
-        }
-        bail!("cannot create a scratch directory in {}", base.display())
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub fn cmd_diagnose(
     a: DiagnoseArgs,
     clock: Arc<dyn Clock>,
@@ -163,7 +141,8 @@ pub fn cmd_diagnose(
         (None, true) => bail!("give capture or log files to diagnose, or --store DIR"),
         (None, false) => {
             super::check_import_args(a.format, a.device.as_deref(), &a.files)?;
-            let scratch = Scratch::new()?;
+            let scratch = pipeline::ScratchDir::new()
+                .context("cannot create a scratch directory in the temp dir")?;
             let (report, snapshot) = pipeline::import_scratch(
                 StoreConfig::scratch(&scratch.0),
                 &a.files,
@@ -658,7 +637,8 @@ pub fn cmd_eval(
     });
     let devices = registry.as_deref().map(crate::registry::load).transpose()?;
     super::check_import_args(InputFormat::Capture, None, std::slice::from_ref(&a.capture))?;
-    let scratch = Scratch::new()?;
+    let scratch =
+        pipeline::ScratchDir::new().context("cannot create a scratch directory in the temp dir")?;
     let started = std::time::Instant::now();
     let (_, snapshot) = pipeline::import_scratch(
         StoreConfig::scratch(&scratch.0),

@@ -7,6 +7,8 @@
 //! `wallscope rules test [--bless]` and the integration tests both run this.
 
 use std::path::{Path, PathBuf};
+
+use super::ScratchDir;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -281,33 +283,4 @@ pub fn run(
         lines,
         failures,
     })
-}
-
-/// A scratch directory removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new() -> std::io::Result<Self> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir();
-        loop {
-            let p = base.join(format!(
-                "wallscope-case-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            match std::fs::create_dir(&p) {
-                Ok(()) => return Ok(ScratchDir(p)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -176,6 +176,36 @@ fn commit(store: &mut Store, batcher: &mut Batcher) -> Result<(), PipelineError>
     Ok(())
 }
 
+/// A scratch directory under the system temp dir, removed when dropped (`diagnose` on
+/// files, `eval`, rule test cases).
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new() -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir();
+        loop {
+            let p = base.join(format!(
+                "wallscope-scratch-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            match std::fs::create_dir(&p) {
+                Ok(()) => return Ok(ScratchDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub mod cases;
 pub mod live;
 pub mod live_rules;

@@ -164,16 +164,7 @@ pub struct Rule {
 pub const ENGINE_PARAMS: [&str; 2] = ["eval_start_ms", "eval_end_ms"];
 
 /// Registry columns a rule may declare in `needs`.
-pub const REGISTRY_FACTS: [&str; 7] = [
-    "service_type",
-    "breaker_a",
-    "max_current_a",
-    "part_number",
-    "site",
-    "installer",
-    "commissioned_at",
-];
-
+pub const REGISTRY_FACTS: [&str; 7] = crate::registry::FACTS;
 /// One problem with one rule file, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
