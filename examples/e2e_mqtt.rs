@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,39 +16,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use wallscope::ingest::BrokerUrl;
 use wallscope::ingest::publish::Publisher;
 
-struct Mosquitto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mosquitto(dir: &Path) -> Mosquitto {
-    let port = wallscope::broker::free_port("127.0.0.1").unwrap();
-    let conf = format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-         max_inflight_messages 0\npersistence false\nuser root\n"
-    );
-    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(dir.join("mosquitto.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Mosquitto { child, port }
-}
+mod support;
+use support::{mosquitto, wallscope_bin};
 
 fn payloads(n: usize) -> Vec<(String, Vec<u8>)> {
     let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
@@ -151,11 +120,6 @@ fn mosquitto_sub(port: u16, id: &str, n: usize) -> Child {
 fn wait_child(mut c: Child, t: Instant) -> f64 {
     c.wait().unwrap();
     t.elapsed().as_secs_f64()
-}
-
-fn wallscope_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("wallscope")
 }
 
 struct WsRun {

@@ -66,13 +66,35 @@ pub fn read_file(
         path: path.to_path_buf(),
         source,
     };
+    if path.extension().is_some_and(|e| e == "parquet") && format == InputFormat::Capture {
+        return read_parquet_capture(path, on_message, on_bytes);
+    }
     let f = File::open(path).map_err(ioe)?;
-    let mut r = BufReader::with_capacity(1 << 20, f);
+    // `.zst` (what `record` writes when asked): a sequence of zstd frames.
+    let zst = path.extension().is_some_and(|e| e == "zst");
+    let mut r: Box<dyn BufRead> = if zst {
+        let d = zstd::stream::read::Decoder::new(f).map_err(ioe)?;
+        Box::new(BufReader::with_capacity(1 << 20, d))
+    } else {
+        Box::new(BufReader::with_capacity(1 << 20, f))
+    };
     let mut buf = Vec::with_capacity(4096);
     let mut line_no = 0u64;
     loop {
         buf.clear();
-        let n = r.read_until(b'\n', &mut buf).map_err(ioe)?;
+        let n = match r.read_until(b'\n', &mut buf) {
+            Ok(n) => n,
+            // A recorder killed mid-frame leaves a cut last frame: what came before stands.
+            Err(e) if zst => {
+                on_bad(BadLine {
+                    path: path.to_path_buf(),
+                    line: line_no + 1,
+                    why: format!("the compressed data ends early ({e}); the rest is lost"),
+                });
+                break;
+            }
+            Err(e) => return Err(ioe(e)),
+        };
         if n == 0 {
             break;
         }
@@ -111,6 +133,65 @@ pub fn read_file(
             },
         }
     }
+    Ok(())
+}
+
+/// A capture stored as Parquet (`export --out case.parquet`): columns `ts` (timestamp),
+/// `topic` (text), `payload` (bytes or text), one row per message.
+fn read_parquet_capture(
+    path: &Path,
+    on_message: &mut dyn FnMut(Message),
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<(), SourceError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Int64Type, TimeUnit};
+    let bad = |why: String| SourceError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+    };
+    let f = File::open(path).map_err(|source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.with_batch_size(8192).build())
+        .map_err(|e| bad(format!("not a readable Parquet file: {e}")))?;
+    for batch in reader {
+        let b = batch.map_err(|e| bad(e.to_string()))?;
+        let col = |name: &str| {
+            b.column_by_name(name).cloned().ok_or_else(|| {
+                bad(format!(
+                    "a Parquet capture needs the columns ts, topic, payload (no {name})"
+                ))
+            })
+        };
+        let cast = |a: &arrow::array::ArrayRef, t: &DataType| {
+            arrow::compute::cast(a, t).map_err(|e| bad(e.to_string()))
+        };
+        let ts = cast(
+            &col("ts")?,
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )?;
+        let ts = cast(&ts, &DataType::Int64)?;
+        let ts = ts.as_primitive::<Int64Type>();
+        let topic = cast(&col("topic")?, &DataType::Utf8)?;
+        let topic = topic.as_string::<i32>();
+        let payload = cast(&col("payload")?, &DataType::Binary)?;
+        let payload = payload.as_binary::<i32>();
+        for r in 0..b.num_rows() {
+            if ts.is_null(r) || topic.is_null(r) || payload.is_null(r) {
+                continue;
+            }
+            on_message(Message {
+                topic: topic.value(r).to_string(),
+                payload: payload.value(r).to_vec(),
+                received_at_ms: ts.value(r),
+                recorded: true,
+            });
+        }
+    }
+    on_bytes(size);
     Ok(())
 }
 

@@ -151,6 +151,12 @@ pub fn cmd_diagnose(
                 clock,
                 &mut super::Bar::new(),
             )?;
+            tracing::info!(
+                step = "import",
+                ms = report.elapsed_ms as u64,
+                messages = report.messages,
+                "diagnose timing"
+            );
             if report.bad_lines > 0 || report.dead() > 0 {
                 eprintln!(
                     "note: {} malformed line(s) and {} dead letter(s) in the input were skipped",
@@ -167,6 +173,7 @@ pub fn cmd_diagnose(
         until_ms,
         devices: None,
     };
+    let eval_started = std::time::Instant::now();
     let eval = rt
         .block_on(rules::evaluate(
             &snapshot,
@@ -179,6 +186,12 @@ pub fn cmd_diagnose(
     for (what, took) in &eval.timings {
         tracing::info!(step = %what, ms = took.as_millis() as u64, "diagnose timing");
     }
+    tracing::info!(
+        step = "evaluation",
+        ms = eval_started.elapsed().as_millis() as u64,
+        shards = eval.shards,
+        "diagnose timing"
+    );
     let mut findings = eval.findings.clone();
     finding::sort_for_people(&mut findings);
     let mut out = std::io::stdout().lock();
@@ -585,42 +598,6 @@ pub struct EvalArgs {
     pub rules: RuleArgs,
 }
 
-/// One ground-truth label.
-struct Label {
-    device: String,
-    fault: String,
-}
-
-fn read_labels(path: &std::path::Path) -> anyhow::Result<Vec<Label>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read labels {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if i == 0 || line.trim().is_empty() {
-            if i == 0 && !line.starts_with("device_id,fault") {
-                bail!(
-                    "{}: the header must be device_id,fault,onset,end",
-                    path.display()
-                );
-            }
-            continue;
-        }
-        let cols: Vec<&str> = line.split(',').collect();
-        if cols.len() < 2 || rules::faults::fault(cols[1]).is_none() {
-            bail!(
-                "{}:{}: expected device_id,fault,onset,end with a fault code F00–F26",
-                path.display(),
-                i + 1
-            );
-        }
-        out.push(Label {
-            device: cols[0].to_string(),
-            fault: cols[1].to_string(),
-        });
-    }
-    Ok(out)
-}
-
 /// `eval`: diagnose a labelled capture and score the findings per fault (precision, recall,
 /// findings on devices without any label).
 pub fn cmd_eval(
@@ -628,9 +605,11 @@ pub fn cmd_eval(
     clock: Arc<dyn Clock>,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<ExitCode> {
-    use std::collections::{BTreeMap, BTreeSet};
+    use crate::pipeline::score;
     let pack = a.rules.load()?;
-    let labels = read_labels(&a.labels)?;
+    let text = std::fs::read_to_string(&a.labels)
+        .with_context(|| format!("cannot read labels {}", a.labels.display()))?;
+    let labels = score::parse_labels(&text, &a.labels.display().to_string())?;
     let registry = a.devices.clone().or_else(|| {
         let p = a.capture.with_file_name("devices.csv");
         p.is_file().then_some(p)
@@ -655,64 +634,14 @@ pub fn cmd_eval(
         &Scope::default(),
         &QueryConfig::default(),
     ))?;
-    let truth: BTreeSet<(String, String)> = labels
-        .iter()
-        .map(|l| (l.device.clone(), l.fault.clone()))
-        .collect();
-    let labelled: BTreeSet<&str> = labels.iter().map(|l| l.device.as_str()).collect();
-    let found: BTreeSet<(String, String)> = eval
-        .findings
-        .iter()
-        .filter(|f| f.severity > rules::Severity::Info)
-        .map(|f| (f.device_id.clone(), f.fault.clone()))
-        .collect();
-    let mut faults: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new(); // tp, fp, fn
-    for (d, f) in &truth {
-        let e = faults.entry(f.clone()).or_default();
-        if found.contains(&(d.clone(), f.clone())) {
-            e.0 += 1;
-        } else {
-            e.2 += 1;
-        }
-    }
-    let mut unlabelled: BTreeMap<String, u64> = BTreeMap::new();
-    let mut healthy_hits = BTreeSet::new();
-    // Signatures that genuinely follow from another fault (DOMAIN.md §8): a breaker trip
-    // (F13) reboots the unit (F22); trips and failed starts wear the contactor (F26).
-    const IMPLIED: [(&str, &str); 4] = [
-        ("F13", "F22"),
-        ("F01", "F26"),
-        ("F09", "F26"),
-        ("F12", "F26"),
-    ];
-    let mut implied = 0u64;
-    for (d, f) in &found {
-        if truth.contains(&(d.clone(), f.clone())) {
-            continue;
-        }
-        if IMPLIED
-            .iter()
-            .any(|(cause, fx)| fx == f && truth.contains(&(d.clone(), cause.to_string())))
-        {
-            implied += 1;
-            continue;
-        }
-        if !labelled.contains(d.as_str()) {
-            healthy_hits.insert(format!("{d} {f}"));
-        }
-        if truth.iter().any(|(_, tf)| tf == f) {
-            faults.entry(f.clone()).or_default().1 += 1;
-        } else {
-            *unlabelled.entry(f.clone()).or_default() += 1;
-        }
-    }
+    let sc = score::score(&labels, &eval.findings);
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "{} devices, {} labels, {} findings ≥ minor, evaluated in {:.1} s",
         eval.devices,
         labels.len(),
-        found.len(),
+        sc.found,
         started.elapsed().as_secs_f64()
     )?;
     writeln!(
@@ -720,36 +649,29 @@ pub fn cmd_eval(
         "{:<6} {:>6} {:>6} {:>6} {:>6} {:>10} {:>8}",
         "fault", "labels", "tp", "fp", "fn", "precision", "recall"
     )?;
-    let ratio = |a: u64, b: u64| {
-        if b == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.3}", a as f64 / b as f64)
-        }
-    };
-    let mut worst: f64 = 1.0;
-    for (f, (tp, fp, fnn)) in &faults {
-        let p = ratio(*tp, tp + fp);
-        let r = ratio(*tp, tp + fnn);
-        for v in [&p, &r] {
-            if let Ok(x) = v.parse::<f64>() {
-                worst = worst.min(x);
-            }
-        }
+    let ratio = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+    for (f, c) in &sc.faults {
         writeln!(
             out,
-            "{f:<6} {:>6} {tp:>6} {fp:>6} {fnn:>6} {p:>10} {r:>8}",
-            tp + fnn
+            "{f:<6} {:>6} {:>6} {:>6} {:>6} {:>10} {:>8}",
+            c.tp + c.fn_,
+            c.tp,
+            c.fp,
+            c.fn_,
+            ratio(c.precision()),
+            ratio(c.recall())
         )?;
     }
-    if implied > 0 {
+    if sc.implied > 0 {
         writeln!(
             out,
-            "findings implied by a labelled fault on the same device (F13→F22, F01/F09/F12→F26): {implied}"
+            "findings implied by a labelled fault on the same device (F13→F22, F01/F09/F12→F26): {}",
+            sc.implied
         )?;
     }
-    if !unlabelled.is_empty() {
-        let u: Vec<String> = unlabelled
+    if !sc.unlabelled.is_empty() {
+        let u: Vec<String> = sc
+            .unlabelled
             .iter()
             .map(|(f, n)| format!("{f} ×{n}"))
             .collect();
@@ -762,13 +684,13 @@ pub fn cmd_eval(
     writeln!(
         out,
         "findings on devices without any label: {}{}",
-        healthy_hits.len(),
-        if healthy_hits.is_empty() {
+        sc.healthy_hits.len(),
+        if sc.healthy_hits.is_empty() {
             String::new()
         } else {
             format!(
                 " ({})",
-                healthy_hits
+                sc.healthy_hits
                     .iter()
                     .take(10)
                     .cloned()
@@ -777,6 +699,10 @@ pub fn cmd_eval(
             )
         }
     )?;
-    writeln!(out, "lowest precision or recall: {worst:.3} (target 0.95)")?;
+    writeln!(
+        out,
+        "lowest precision or recall: {:.3} (target 0.95)",
+        sc.worst()
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -24,17 +24,12 @@ use crate::query::{self, OutputFormat, QueryConfig};
 use crate::sim::{self, FaultCode, Simulator};
 use crate::store::{Snapshot, StoreConfig};
 
-#[derive(Args, Debug, Default)]
-pub struct RunArgs {
+/// How to reach and subscribe to the broker (`run`, `record`).
+#[derive(Args, Debug, Default, Clone)]
+pub struct BrokerArgs {
     /// Broker to subscribe to: mqtt://host:port or mqtts://host:port.
     #[arg(long, env = "WALLSCOPE_BROKER")]
     pub broker: Option<String>,
-    /// Start the embedded broker and ingest from it (for local bridges and trials).
-    #[arg(long, conflicts_with = "broker")]
-    pub embedded_broker: bool,
-    /// Address the embedded broker listens on [default: 127.0.0.1:1883; port 0 picks a free one].
-    #[arg(long, requires = "embedded_broker")]
-    pub embedded_listen: Option<SocketAddr>,
     /// TOML settings file ([mqtt], [batch], [store]; units in the key names).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -59,6 +54,18 @@ pub struct RunArgs {
     /// Client private key (PEM) for mutual TLS.
     #[arg(long)]
     pub client_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub mqtt: BrokerArgs,
+    /// Start the embedded broker and ingest from it (for local bridges and trials).
+    #[arg(long, conflicts_with = "broker")]
+    pub embedded_broker: bool,
+    /// Address the embedded broker listens on [default: 127.0.0.1:1883; port 0 picks a free one].
+    #[arg(long, requires = "embedded_broker")]
+    pub embedded_listen: Option<SocketAddr>,
     /// Longest a message waits before its batch is committed and acked (e.g. 50ms).
     #[arg(long)]
     pub flush_interval: Option<String>,
@@ -94,12 +101,13 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-/// Builds the live-ingest settings: defaults, then the config file, then flags.
-fn live_config(
+/// The broker settings: defaults, then the config file's `[mqtt]`, then flags. Returns the
+/// config file too (its other sections are the caller's).
+pub(super) fn mqtt_config(
     data_dir: &Path,
-    a: &RunArgs,
+    a: &BrokerArgs,
     broker_url: Option<String>,
-) -> anyhow::Result<LiveConfig> {
+) -> anyhow::Result<(MqttConfig, FileConfig)> {
     let file = match &a.config {
         Some(p) => FileConfig::load(p).map_err(anyhow::Error::msg)?,
         None => FileConfig::default(),
@@ -153,6 +161,17 @@ fn live_config(
     if let Some(v) = m.reconnect_max_ms {
         c.reconnect_max_ms = v;
     }
+    Ok((c, file))
+}
+
+/// Builds the live-ingest settings: defaults, then the config file, then flags.
+fn live_config(
+    data_dir: &Path,
+    a: &RunArgs,
+    broker_url: Option<String>,
+) -> anyhow::Result<LiveConfig> {
+    let (mut c, file) = mqtt_config(data_dir, &a.mqtt, broker_url)?;
+    let m = &file.mqtt;
     if let Some(v) = a.max_pending_messages.or(m.max_pending_messages) {
         c.max_pending_messages = v;
     }
@@ -218,7 +237,7 @@ fn live_config(
 }
 
 /// Turns SIGINT/SIGTERM into `stop`; a second signal exits at once.
-fn stop_on_signals(stop: watch::Sender<bool>) {
+pub(super) fn stop_on_signals(stop: watch::Sender<bool>) {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -460,10 +479,13 @@ pub fn cmd_demo(
     sim::write_labels_csv(sim.labels(), &mut lab)?;
 
     let run_args = RunArgs {
-        client_id: Some(format!(
-            "{}-demo",
-            crate::ingest::default_client_id(data_dir)
-        )),
+        mqtt: BrokerArgs {
+            client_id: Some(format!(
+                "{}-demo",
+                crate::ingest::default_client_id(data_dir)
+            )),
+            ..BrokerArgs::default()
+        },
         // rumqttd forwards at most 100 unacked messages per subscriber: commit often.
         flush_interval: Some("1ms".into()),
         // The whole simulated fleet is new data at every step; evaluate less often than a

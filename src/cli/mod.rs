@@ -22,6 +22,7 @@ use crate::store::{Snapshot, StoreConfig};
 
 mod diagnose;
 mod live;
+mod replay;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,6 +75,13 @@ pub enum Command {
     /// Check or list the diagnostic rules.
     #[command(subcommand)]
     Rules(diagnose::RulesCommand),
+    /// Subscribe like `run` and write every message to a capture file (byte-exact, receive
+    /// times; acked after fsync).
+    Record(replay::RecordArgs),
+    /// Publish captures or logs back into a broker on their original schedule, scaled.
+    Replay(replay::ReplayArgs),
+    /// Cut a case file (one charger, a time range, its findings) from the store.
+    Export(replay::ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +166,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => diagnose::cmd_eval(a, clock, &rt),
         Command::Health(a) => diagnose::cmd_health(&cli.data_dir, a, &rt),
         Command::Rules(c) => diagnose::cmd_rules(c, clock, &rt),
+        Command::Record(a) => replay::cmd_record(a, clock, &rt),
+        Command::Replay(a) => replay::cmd_replay(a, &rt),
+        Command::Export(a) => replay::cmd_export(&cli.data_dir, a, &rt),
     }
 }
 

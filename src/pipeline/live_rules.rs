@@ -3,8 +3,10 @@
 //! the new data — and merge the findings into the `findings` table, so an ongoing episode
 //! is extended, never repeated. Runs on its own task, fed by the acker after each durable
 //! batch; it never holds up ingest or acks (a slow evaluation just covers more batches next
-//! time). Every `full_every` it also evaluates the whole fleet, so a device that stopped
-//! sending (F00) is noticed although it brings no new data.
+//! time). Every `full_every` it also sweeps the devices that sent nothing since the last
+//! sweep, so a device that stopped sending (F00) is noticed although it brings no new data;
+//! devices that keep sending are never evaluated twice for the same data, which is what
+//! lets a large fleet run live (a whole-fleet pass would grow with the fleet).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -29,7 +31,7 @@ pub struct LiveRules {
     pub devices: Option<RecordBatch>,
     /// Shortest time between two evaluations.
     pub interval_ms: u64,
-    /// Time between whole-fleet evaluations.
+    /// Time between sweeps of the devices that went quiet.
     pub full_every_ms: u64,
 }
 
@@ -117,6 +119,32 @@ pub async fn evaluate_incremental(
     Ok(rules::finding::merge(stored, eval.findings))
 }
 
+/// A sweep: evaluates `silent` (devices that sent nothing lately) as of the fleet's newest
+/// telemetry, over their whole stored history, and merges the findings into `stored`.
+pub async fn evaluate_silent(
+    snapshot: &crate::store::Snapshot,
+    rules: &LiveRules,
+    silent: &[String],
+    stored: &mut Vec<Finding>,
+) -> Result<usize, rules::EvalError> {
+    if silent.is_empty() {
+        return Ok(0);
+    }
+    let scope = Scope {
+        devices: Some(silent.to_vec()),
+        ..Scope::default()
+    };
+    let eval = rules::evaluate(
+        snapshot,
+        rules.devices.clone(),
+        &rules.pack,
+        &scope,
+        &QueryConfig::default(),
+    )
+    .await?;
+    Ok(rules::finding::merge(stored, eval.findings))
+}
+
 /// The evaluator task: coalesces dirty notices, evaluates at most every `interval_ms`,
 /// stores the findings. Ends when `rx` closes (after a last evaluation of what is pending).
 pub async fn run(
@@ -135,17 +163,35 @@ pub async fn run(
     };
     let interval = Duration::from_millis(rules.interval_ms.max(10));
     let full_every = Duration::from_millis(rules.full_every_ms.max(1000));
-    let mut last_full = Instant::now();
+    // Every device the store knows, and those that sent something since the last sweep.
+    let mut known: BTreeSet<String> = match rules::engine::device_ids(
+        &handle.snapshot(),
+        &QueryConfig::default(),
+    )
+    .await
+    {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the stored devices; the first sweep covers only devices heard live");
+            BTreeSet::new()
+        }
+    };
+    let mut heard: BTreeSet<String> = BTreeSet::new();
+    let mut last_sweep = Instant::now();
     let mut pending = Dirty::default();
     let mut open = true;
     while open {
-        // Wait for the first notice, then collect for one interval.
-        match rx.recv().await {
-            Some(d) => pending.absorb(d),
-            None => open = false,
+        // Wait for the first notice (or the next sweep), then collect for one interval.
+        let until_sweep = full_every.saturating_sub(last_sweep.elapsed());
+        tokio::select! {
+            d = rx.recv() => match d {
+                Some(d) => pending.absorb(d),
+                None => open = false,
+            },
+            _ = tokio::time::sleep(until_sweep) => {}
         }
         let deadline = tokio::time::Instant::now() + interval;
-        while open {
+        while open && !pending.is_empty() {
             tokio::select! {
                 d = rx.recv() => match d {
                     Some(d) => pending.absorb(d),
@@ -154,19 +200,31 @@ pub async fn run(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        let full = last_full.elapsed() >= full_every;
-        if pending.is_empty() && !full {
+        // The last evaluation (the feed closed: ingest is stopping) also sweeps, so what
+        // went quiet before the end is judged before the process exits.
+        let sweep = !open || last_sweep.elapsed() >= full_every;
+        if pending.is_empty() && !sweep {
             continue;
         }
         let dirty = std::mem::take(&mut pending);
+        heard.extend(dirty.devices.iter().cloned());
         let snapshot = handle.snapshot();
         let started = Instant::now();
-        let result = if full {
-            last_full = Instant::now();
-            evaluate_incremental(&snapshot, &rules, None, &mut stored).await
+        let mut result = if dirty.is_empty() {
+            Ok(0)
         } else {
             evaluate_incremental(&snapshot, &rules, Some(&dirty), &mut stored).await
         };
+        if sweep && result.is_ok() {
+            last_sweep = Instant::now();
+            let silent: Vec<String> = known.difference(&heard).cloned().collect();
+            // `heard` starts afresh: what arrives from here on counts for the next sweep.
+            known.append(&mut heard);
+            result = match evaluate_silent(&snapshot, &rules, &silent, &mut stored).await {
+                Ok(n) => result.map(|m| m + n),
+                Err(e) => Err(e),
+            };
+        }
         metrics.rule_evaluations.inc();
         metrics
             .rule_eval_ms

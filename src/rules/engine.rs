@@ -54,7 +54,8 @@ pub struct Scope {
     /// Findings must end at or after this time (the data read starts earlier, by the
     /// longest rule window, so episodes that began before it are seen whole).
     pub since_ms: Option<i64>,
-    /// Evaluate as of this time (exclusive); default: the newest telemetry in scope.
+    /// Evaluate as of this time (exclusive); default: just after the newest telemetry in
+    /// the store (of any device, so a device evaluated alone is judged on the fleet's clock).
     pub until_ms: Option<i64>,
     /// Only these devices (live mode evaluates the devices with new data).
     pub devices: Option<Vec<String>>,
@@ -98,6 +99,8 @@ pub struct Evaluation {
     /// De-duplicated vitals samples the rules saw.
     pub samples: u64,
     pub devices: usize,
+    /// How many shards (sessions) the devices were evaluated in.
+    pub shards: usize,
     /// Wall time per shared view and per rule.
     pub timings: Vec<(String, Duration)>,
 }
@@ -173,63 +176,102 @@ pub async fn evaluate(
     cfg: &QueryConfig,
 ) -> Result<Evaluation, EvalError> {
     let lookback = pack.rules.iter().map(|r| r.window_ms).max().unwrap_or(0);
-    // A large fleet is evaluated in shards of devices, so the materialized views stay within
-    // the memory limit; "now" is fixed for the whole fleet first, so every shard judges
-    // silence (F00) against the same clock.
-    if scope.devices.is_none() {
-        let ids = device_ids(snapshot, cfg).await?;
-        if ids.len() > SHARD_DEVICES {
-            let until = match scope.until_ms {
-                Some(u) => Some(u),
-                None => newest_ms(snapshot, cfg).await?.map(|t| t + 1),
-            };
-            let mut out = Evaluation::default();
-            for chunk in ids.chunks(SHARD_DEVICES) {
-                let shard = Scope {
-                    since_ms: scope.since_ms,
-                    until_ms: until,
-                    devices: Some(chunk.to_vec()),
-                };
-                let Some(p) = prepare(snapshot, devices.clone(), lookback, &shard, cfg).await?
-                else {
-                    continue;
-                };
-                let e = run_pack(&p, pack, &shard).await?;
-                out.eval_start_ms = if out.devices == 0 {
-                    e.eval_start_ms
-                } else {
-                    out.eval_start_ms.min(e.eval_start_ms)
-                };
-                out.eval_end_ms = out.eval_end_ms.max(e.eval_end_ms);
-                out.samples += e.samples;
-                out.devices += e.devices;
-                out.findings.extend(e.findings);
-                for n in e.notes {
-                    match out.notes.iter_mut().find(|o| o.rule == n.rule) {
-                        Some(o) => o.devices.extend(n.devices),
-                        None => out.notes.push(n),
-                    }
-                }
-                for (what, took) in e.timings {
-                    match out.timings.iter_mut().find(|(w, _)| *w == what) {
-                        Some((_, t)) => *t += took,
-                        None => out.timings.push((what, took)),
-                    }
-                }
+    // "Now" is fixed for the whole fleet first, so every device (and every shard) judges
+    // silence (F00) against the same clock, whichever devices this evaluation covers.
+    let until = match scope.until_ms {
+        Some(u) => Some(u),
+        None => newest_ms(snapshot, cfg).await?.map(|t| t + 1),
+    };
+    let Some(until_ms) = until else {
+        return Ok(Evaluation::default()); // no telemetry at all
+    };
+    let ids = match &scope.devices {
+        Some(d) => d.clone(),
+        None => device_ids(snapshot, cfg).await?,
+    };
+    // Many devices are evaluated in shards, so the materialized views stay within the
+    // memory limit: as many devices per shard as make about SHARD_ROWS vitals rows over
+    // the range read.
+    let read_from = scope.since_ms.map(|s| s.saturating_sub(lookback));
+    let per_shard = shard_devices(snapshot, cfg, read_from, until_ms).await?;
+    let shards: Vec<Option<Vec<String>>> = if ids.len() <= per_shard {
+        vec![scope.devices.clone()]
+    } else {
+        ids.chunks(per_shard).map(|c| Some(c.to_vec())).collect()
+    };
+    let mut out = Evaluation::default();
+    for devices_in_shard in shards {
+        let shard = Scope {
+            since_ms: scope.since_ms,
+            until_ms: Some(until_ms),
+            devices: devices_in_shard,
+        };
+        let Some(p) = prepare(snapshot, devices.clone(), lookback, &shard, cfg).await? else {
+            continue;
+        };
+        let e = run_pack(&p, pack, &shard).await?;
+        out.eval_start_ms = if out.devices == 0 {
+            e.eval_start_ms
+        } else {
+            out.eval_start_ms.min(e.eval_start_ms)
+        };
+        out.eval_end_ms = out.eval_end_ms.max(e.eval_end_ms);
+        out.samples += e.samples;
+        out.devices += e.devices;
+        out.shards += 1;
+        out.findings.extend(e.findings);
+        for n in e.notes {
+            match out.notes.iter_mut().find(|o| o.rule == n.rule) {
+                Some(o) => o.devices.extend(n.devices),
+                None => out.notes.push(n),
             }
-            return Ok(out);
+        }
+        for (what, took) in e.timings {
+            match out.timings.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, t)) => *t += took,
+                None => out.timings.push((what, took)),
+            }
         }
     }
-    match prepare(snapshot, devices, lookback, scope, cfg).await? {
-        Some(p) => run_pack(&p, pack, scope).await,
-        None => Ok(Evaluation::default()),
-    }
+    Ok(out)
 }
 
-/// Devices per shard when a whole fleet is evaluated (about 2 M vitals rows a day at 10 s).
-pub const SHARD_DEVICES: usize = 250;
+/// Vitals rows one shard may hold (about 250 devices × 24 h at 10 s polls): the
+/// materialized views of that many rows stay well inside the default 2 GiB pool.
+pub const SHARD_ROWS: u64 = 2_000_000;
 
-async fn device_ids(snapshot: &Snapshot, cfg: &QueryConfig) -> Result<Vec<String>, EvalError> {
+/// Devices per shard for the range `[from_ms, until_ms)`: the fleet's mean vitals rows per
+/// device over that range decide how many devices make `SHARD_ROWS`.
+async fn shard_devices(
+    snapshot: &Snapshot,
+    cfg: &QueryConfig,
+    from_ms: Option<i64>,
+    until_ms: i64,
+) -> Result<usize, EvalError> {
+    let ctx = query::session(snapshot, cfg)?;
+    let from = from_ms.map_or(String::new(), |f| format!("CAST(ts AS BIGINT) >= {f} AND "));
+    let sql = format!(
+        "SELECT COUNT(*), COUNT(DISTINCT device_id) FROM vitals \
+         WHERE {from}CAST(ts AS BIGINT) < {until_ms}"
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let count = |i: usize| {
+        batches
+            .first()
+            .and_then(|b| b.column(i).as_primitive_opt::<Int64Type>())
+            .filter(|c| !c.is_empty() && c.is_valid(0))
+            .map_or(0, |c| c.value(0).max(0) as u64)
+    };
+    let (rows, devices) = (count(0), count(1));
+    if rows == 0 || devices == 0 {
+        return Ok(usize::MAX);
+    }
+    let per_device = rows.div_ceil(devices);
+    Ok((SHARD_ROWS / per_device).max(1) as usize)
+}
+
+/// Every device with vitals in the store, sorted.
+pub async fn device_ids(snapshot: &Snapshot, cfg: &QueryConfig) -> Result<Vec<String>, EvalError> {
     let ctx = query::session(snapshot, cfg)?;
     let mut ids = Vec::new();
     for b in ctx
@@ -341,15 +383,39 @@ pub async fn register_views(
     let mut out = Vec::new();
     for (name, sql) in VIEWS {
         let started = Instant::now();
-        let batches = async { ctx.sql(sql).await?.collect().await }
-            .await
-            .map_err(|source| EvalError::View { view: name, source })?;
+        // `samples` is stored sorted by device and time, and says so: most rules window over
+        // it by (device_id, t_ms), and a declared order spares each of them a sort.
+        let order = (name == "samples").then(|| {
+            vec![
+                vec![
+                    col("device_id").sort(true, false),
+                    col("t_ms").sort(true, false),
+                ],
+                vec![
+                    col("device_id").sort(true, false),
+                    col("ts").sort(true, false),
+                ],
+            ]
+        });
+        let batches = async {
+            let mut df = ctx.sql(sql).await?;
+            if let Some(o) = &order {
+                df = df.sort(o[0].clone())?;
+            }
+            df.collect().await
+        }
+        .await
+        .map_err(|source| EvalError::View { view: name, source })?;
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let schema = match batches.first() {
             Some(b) => b.schema(),
             None => ctx.sql(sql).await?.schema().inner().clone(),
         };
-        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![batches])?))?;
+        let mut table = MemTable::try_new(schema, vec![batches])?;
+        if let Some(o) = order {
+            table = table.with_sort_order(o);
+        }
+        ctx.register_table(name, Arc::new(table))?;
         out.push((name, started.elapsed(), rows));
     }
     Ok(out)

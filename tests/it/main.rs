@@ -9,5 +9,6 @@ mod cli;
 mod harness;
 mod layers;
 mod mqtt;
+mod replay;
 mod rules;
 mod store_crash;

@@ -167,6 +167,13 @@ pub struct Ingester {
 
 impl Ingester {
     pub fn spawn(data: &Path, args: &[&str]) -> Ingester {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        Self::spawn_cmd(data, &all)
+    }
+
+    /// Any subcommand (`args[0]`) with `--data-dir data`, logging beside `data`.
+    pub fn spawn_cmd(data: &Path, args: &[&str]) -> Ingester {
         let log = data.with_extension("log");
         let f = OpenOptions::new()
             .create(true)
@@ -177,7 +184,6 @@ impl Ingester {
             .arg("-v")
             .arg("--data-dir")
             .arg(data)
-            .arg("run")
             .args(args)
             .stdout(f.try_clone().unwrap())
             .stderr(f)

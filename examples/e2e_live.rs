@@ -1,0 +1,232 @@
+//! Live-mode benchmark: a simulated fleet publishes its telemetry in real time through one
+//! Mosquitto into `wallscope run` with the live rules on, and the run's own counters say
+//! whether ingest keeps up and how long findings trail the data they come from.
+//!
+//! cargo build --release --bins --examples && target/release/examples/e2e_live \
+//!     [--devices 200000] [--poll-s 10] [--seconds 120] [--fault-rate 0.02]
+//!
+//! The fleet is simulated up front (with its faults, starting now, so event time is wall
+//! time), then published paced by each message's timestamp: devices / poll-s messages per
+//! second. Every second the benchmark reads `ingest-status.json`: rows durable, rule
+//! evaluations, and `rule_lag_ms_last` — wall time from a batch becoming durable to the end
+//! of the evaluation that covered it, i.e. how long a finding trails its evidence landing.
+//! Needs `mosquitto` and the release `wallscope` binary beside this example.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wallscope::ingest::BrokerUrl;
+use wallscope::ingest::publish::Publisher;
+use wallscope::sim::{SimConfig, Simulator};
+
+mod support;
+use support::{mosquitto, wallscope_bin};
+
+struct Args {
+    devices: usize,
+    poll_s: i64,
+    seconds: i64,
+    fault_rate: f64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        devices: 200_000,
+        poll_s: 10,
+        seconds: 120,
+        fault_rate: 0.02,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    for pair in v.chunks(2) {
+        let val = pair.get(1).expect("every flag takes a value");
+        match pair[0].as_str() {
+            "--devices" => a.devices = val.parse().unwrap(),
+            "--poll-s" => a.poll_s = val.parse().unwrap(),
+            "--seconds" => a.seconds = val.parse().unwrap(),
+            "--fault-rate" => a.fault_rate = val.parse().unwrap(),
+            f => panic!("unknown flag {f}"),
+        }
+    }
+    a
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() {
+    let a = args();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+
+    // 1. The fleet, simulated before the clock starts (a little ahead of now, so the
+    // schedule begins in the future once generation is done).
+    let gen_started = Instant::now();
+    let lead_ms = 5_000 + a.devices as i64 / 20;
+    let start_ms = chrono::Utc::now().timestamp_millis() + lead_ms;
+    let mut sim = Simulator::new(SimConfig {
+        devices: a.devices,
+        start_ms,
+        duration_ms: a.seconds * 1000,
+        seed: 11,
+        poll_interval_ms: a.poll_s * 1000,
+        fault_rate: a.fault_rate,
+        device_prefix: "lv".into(),
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let mut msgs: Vec<(i64, String, Vec<u8>)> = Vec::new();
+    sim.run(&mut |r| {
+        msgs.push((r.ts_ms, r.topic, r.payload));
+        Ok(())
+    })
+    .unwrap();
+    msgs.sort_by_key(|m| m.0);
+    let mut reg = Vec::new();
+    wallscope::sim::write_devices_csv(sim.devices(), &mut reg).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(tmp.path().join("devices.csv"), reg).unwrap();
+    eprintln!(
+        "simulated {} messages of {} devices in {:.1} s",
+        msgs.len(),
+        a.devices,
+        gen_started.elapsed().as_secs_f64()
+    );
+
+    // 2. Broker and `wallscope run` with the live rules (their default interval).
+    let mq = mosquitto(tmp.path());
+    let mut ws = Command::new(wallscope_bin())
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "run",
+            "--broker",
+            &format!("mqtt://127.0.0.1:{}", mq.port),
+            "--client-id",
+            "bench-live",
+            "--status-interval-s",
+            "0",
+            "--devices",
+        ])
+        .arg(tmp.path().join("devices.csv"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wallscope binary (cargo build --release first)");
+    while wallscope::ingest::read_status(&data).is_none_or(|s| s.connections == 0) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 3. Publish on schedule while a sampler reads the counters every second.
+    let n = msgs.len() as u64;
+    let broker = BrokerUrl::parse(&format!("mqtt://127.0.0.1:{}", mq.port))
+        .unwrap()
+        .0;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let wall0 = Instant::now();
+    let event0 = start_ms;
+    let sampler_data = data.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut lags = Vec::new();
+        let mut seen_evals = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            if let Some(s) = wallscope::ingest::read_status(&sampler_data)
+                && s.rule_evaluations > seen_evals
+            {
+                seen_evals = s.rule_evaluations;
+                lags.push(s.rule_lag_ms_last);
+            }
+        }
+        lags
+    });
+    let (late_ms, published_s) = rt.block_on(async {
+        // Wait for the schedule's start (generation ran ahead of it).
+        let wait = (start_ms - chrono::Utc::now().timestamp_millis()).max(0);
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        let t = tokio::time::Instant::now();
+        let mut p = Publisher::start(&broker, "bench-live-pub", 1000).unwrap();
+        let mut late = Vec::new();
+        for (i, (ts, topic, payload)) in msgs.into_iter().enumerate() {
+            let due = t + Duration::from_millis((ts - event0).max(0) as u64);
+            let now = tokio::time::Instant::now();
+            if i % 1000 == 0 {
+                late.push(now.saturating_duration_since(due).as_millis() as u64);
+            }
+            if due > now {
+                tokio::time::sleep_until(due).await;
+            }
+            p.publish(&topic, payload).await.unwrap();
+        }
+        p.finish(Duration::from_secs(600)).await.unwrap();
+        (late, t.elapsed().as_secs_f64())
+    });
+
+    // 4. Wait until everything is durable and one more evaluation has covered it.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(s) = wallscope::ingest::read_status(&data) {
+            let done = s.received >= n && s.acks_pending == 0;
+            last = Some(s);
+            if done {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let evals_at_end = last.as_ref().map_or(0, |s| s.rule_evaluations);
+    while Instant::now() < deadline
+        && wallscope::ingest::read_status(&data).is_some_and(|s| s.rule_evaluations <= evals_at_end)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let drained_s = wall0.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lags = sampler.join().unwrap();
+    let s = wallscope::ingest::read_status(&data).unwrap();
+    let _ = Command::new("kill").arg(ws.id().to_string()).status();
+    let _ = ws.wait();
+    lags.sort_unstable();
+    let mut late_ms = late_ms;
+    late_ms.sort_unstable();
+
+    let rate = a.devices as f64 / a.poll_s as f64;
+    println!(
+        "| fleet | offered | published in | durable | rule evaluations | mean evaluation | finding lag p50 / p90 / max | findings | publisher behind schedule p99 |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| {} chargers at {} s polls, {} s | {:.0} msg/s ({} msgs) | {:.1} s | {} rows ({:.0} msg/s over {:.1} s) | {} | {:.0} ms | {} / {} / {} ms | {} | {} ms |",
+        a.devices,
+        a.poll_s,
+        a.seconds,
+        rate,
+        n,
+        published_s,
+        s.rows_durable,
+        s.received as f64 / drained_s,
+        drained_s,
+        s.rule_evaluations,
+        s.rule_eval_ms as f64 / s.rule_evaluations.max(1) as f64,
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.9),
+        s.rule_lag_ms_max,
+        s.findings_new,
+        percentile(&late_ms, 0.99),
+    );
+    if s.rule_errors > 0 {
+        println!("rule errors: {}", s.rule_errors);
+    }
+}
