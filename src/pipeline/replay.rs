@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use crate::ingest::publish::Publisher;
+use crate::ingest::publish::BatchPublisher;
 use crate::ingest::{BrokerUrl, IngestError};
 use crate::model::{Message, parse_topic};
 use crate::source::{self, BadLine, InputFormat, SourceError};
@@ -220,7 +220,7 @@ pub async fn replay(
 ) -> Result<ReplayStats, ReplayError> {
     let mut stats = ReplayStats::default();
     let started = tokio::time::Instant::now();
-    let mut publisher = Publisher::start(&cfg.broker, &cfg.client_id, cfg.inflight)?;
+    let mut publisher = BatchPublisher::connect(&cfg.broker, &cfg.client_id, cfg.inflight).await?;
     let mut last_report = started;
     // Schedule origin: the first message's time, and the input's span for loops.
     let mut origin: Option<i64> = None;
@@ -234,7 +234,19 @@ pub async fn replay(
         let reader = std::thread::spawn(move || read_chunks(&files, format, device.as_deref(), tx));
         let mut first_ts = None;
         let mut last_ts = 0i64;
-        while let Some(chunk) = rx.recv().await {
+        loop {
+            // Whatever is buffered goes out before waiting for the reader.
+            let chunk = match rx.try_recv() {
+                Ok(c) => c,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                    publisher.flush().await?;
+                    match rx.recv().await {
+                        Some(c) => c,
+                        None => break,
+                    }
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+            };
             stats.bytes_read += chunk.bytes;
             for b in chunk.bad {
                 stats.bad_lines += 1;
@@ -252,16 +264,22 @@ pub async fn replay(
                     let due = started + Duration::from_millis(offset_ms);
                     let now = tokio::time::Instant::now();
                     if due > now {
+                        publisher.flush().await?;
                         tokio::time::sleep_until(due).await;
                         stats.lag.add(0);
                     } else {
                         stats.lag.add((now - due).as_millis() as u64);
                     }
                 }
-                let payload = rewrite_payload(&m.payload, ts, pass_shift, cfg);
-                for topic in rewrite_topic(&m.topic, &cfg.rewrites) {
-                    publisher.publish(&topic, payload.clone()).await?;
+                let payload = rewrite_payload(m.payload, ts, pass_shift, cfg);
+                if cfg.rewrites.is_empty() {
+                    publisher.publish(&m.topic, payload).await?;
                     stats.published += 1;
+                } else {
+                    for topic in rewrite_topic(&m.topic, &cfg.rewrites) {
+                        publisher.publish(&topic, payload.clone()).await?;
+                        stats.published += 1;
+                    }
                 }
                 let now = tokio::time::Instant::now();
                 if now - last_report >= Duration::from_millis(200) {
@@ -311,18 +329,24 @@ fn rewrite_topic(topic: &str, rewrites: &[Rewrite]) -> Vec<String> {
 
 /// The payload to publish: as recorded, unless time moves (shifted or a later loop pass:
 /// the envelope's `ts` moves with it) or a raw payload would lose its event time.
-fn rewrite_payload(payload: &[u8], ts_ms: i64, shift_ms: i64, cfg: &ReplayConfig) -> Vec<u8> {
+fn rewrite_payload(payload: Vec<u8>, ts_ms: i64, shift_ms: i64, cfg: &ReplayConfig) -> Vec<u8> {
     let changes_time = shift_ms != 0 || cfg.speed != Speed::Factor(1.0);
     if !changes_time {
-        return payload.to_vec();
+        return payload;
     }
-    let Ok(mut env) = serde_json::from_slice::<BTreeMap<String, Box<RawValue>>>(payload) else {
-        return payload.to_vec(); // not a JSON object: nothing to carry the time in
+    if shift_ms == 0 {
+        // Only a raw payload needs work (an envelope's own time is still right); telling
+        // them apart must not cost a parse per message at full speed.
+        let enveloped = memchr::memmem::find(&payload, b"\"data\"").is_some();
+        let object = payload.first() == Some(&b'{');
+        if enveloped || !object {
+            return payload;
+        }
+    }
+    let Ok(mut env) = serde_json::from_slice::<BTreeMap<String, Box<RawValue>>>(&payload) else {
+        return payload; // not a JSON object: nothing to carry the time in
     };
     if env.contains_key("data") {
-        if shift_ms == 0 {
-            return payload.to_vec(); // the envelope's own time is still right
-        }
         let shifted = env
             .get("ts")
             .and_then(|v| v.get().parse::<i64>().ok())
@@ -332,12 +356,12 @@ fn rewrite_payload(payload: &[u8], ts_ms: i64, shift_ms: i64, cfg: &ReplayConfig
         {
             env.insert("ts".into(), v);
         }
-        return serde_json::to_vec(&env).unwrap_or_else(|_| payload.to_vec());
+        return serde_json::to_vec(&env).unwrap_or(payload);
     }
     // A raw payload: wrap it so its event time survives the schedule change.
     let mut out = Vec::with_capacity(payload.len() + 32);
     out.extend_from_slice(format!("{{\"ts\":{ts_ms},\"data\":").as_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&payload);
     out.push(b'}');
     out
 }
@@ -454,22 +478,34 @@ mod tests {
         let env = br#"{"ts":1000,"seq":1,"data":{"grid_v":240.10}}"#;
         let raw = br#"{"grid_v":240.10}"#;
         // 1x, no shift: untouched, raw or not.
-        assert_eq!(rewrite_payload(env, 1000, 0, &cfg(Speed::Factor(1.0))), env);
-        assert_eq!(rewrite_payload(raw, 1000, 0, &cfg(Speed::Factor(1.0))), raw);
-        // Faster: an envelope keeps its own time; a raw payload gets one.
-        assert_eq!(rewrite_payload(env, 1000, 0, &cfg(Speed::Max)), env);
         assert_eq!(
-            rewrite_payload(raw, 1000, 0, &cfg(Speed::Max)),
+            rewrite_payload(env.to_vec(), 1000, 0, &cfg(Speed::Factor(1.0))),
+            env
+        );
+        assert_eq!(
+            rewrite_payload(raw.to_vec(), 1000, 0, &cfg(Speed::Factor(1.0))),
+            raw
+        );
+        // Faster: an envelope keeps its own time; a raw payload gets one.
+        assert_eq!(
+            rewrite_payload(env.to_vec(), 1000, 0, &cfg(Speed::Max)),
+            env
+        );
+        assert_eq!(
+            rewrite_payload(raw.to_vec(), 1000, 0, &cfg(Speed::Max)),
             br#"{"ts":1000,"data":{"grid_v":240.10}}"#
         );
         // Shifted: the envelope's ts moves, the data stays byte-exact.
-        let shifted = rewrite_payload(env, 1500, 500, &cfg(Speed::Factor(1.0)));
+        let shifted = rewrite_payload(env.to_vec(), 1500, 500, &cfg(Speed::Factor(1.0)));
         assert_eq!(
             std::str::from_utf8(&shifted).unwrap(),
             r#"{"data":{"grid_v":240.10},"seq":1,"ts":1500}"#
         );
         // Not JSON: left alone.
-        assert_eq!(rewrite_payload(b"nan", 1, 5, &cfg(Speed::Max)), b"nan");
+        assert_eq!(
+            rewrite_payload(b"nan".to_vec(), 1, 5, &cfg(Speed::Max)),
+            b"nan"
+        );
     }
 
     #[test]

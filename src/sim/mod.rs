@@ -39,7 +39,7 @@ use plan::{DevicePlan, PlanInput};
 use rng::Rng;
 
 /// Upper bounds that keep a run's plan in memory comfortably.
-pub const MAX_DEVICES: usize = 100_000;
+pub const MAX_DEVICES: usize = 1_000_000;
 pub const MAX_DURATION_MS: i64 = 366 * 24 * HOUR;
 /// 9999-12-31T23:59:59.999Z: the last instant RFC 3339 can write.
 const MAX_TIME_MS: i64 = 253_402_300_799_999;

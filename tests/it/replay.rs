@@ -259,36 +259,107 @@ fn a_capture_replayed_into_run_finds_what_diagnose_finds() {
         "the fleet should show several faults: {want:?}"
     );
 
-    let broker = TestBroker::start(d.path());
-    let data = d.path().join("data");
-    let url = broker.url();
-    let ing = Ingester::spawn(
-        &data,
-        &[
-            "--broker",
-            &url,
-            "--devices",
-            reg.to_str().unwrap(),
-            "--rules-interval",
-            "500ms",
-        ],
-    );
-    ing.wait_log("subscribed with QoS 1", 1);
-    replay(&sim, broker.port, &["--speed", "max"]);
-    let sent: u64 = messages(std::slice::from_ref(&sim)).values().sum();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while wallscope::ingest::read_status(&data).is_none_or(|s| s.received < sent) {
-        assert!(Instant::now() < deadline, "run did not receive everything");
-        std::thread::sleep(Duration::from_millis(100));
+    // Paced (the original schedule, scaled) and as fast as the broker takes it.
+    for speed in ["1000", "max"] {
+        let broker = TestBroker::start(&d.path().join(format!("broker-{speed}")));
+        let data = d.path().join(format!("data-{speed}"));
+        let url = broker.url();
+        let ing = Ingester::spawn(
+            &data,
+            &[
+                "--broker",
+                &url,
+                "--devices",
+                reg.to_str().unwrap(),
+                "--rules-interval",
+                "500ms",
+            ],
+        );
+        ing.wait_log("subscribed with QoS 1", 1);
+        replay(&sim, broker.port, &["--speed", speed]);
+        let sent: u64 = messages(std::slice::from_ref(&sim)).values().sum();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while wallscope::ingest::read_status(&data).is_none_or(|s| s.received < sent) {
+            assert!(Instant::now() < deadline, "run did not receive everything");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(ing.stop(), "run did not stop cleanly");
+        let stored = wallscope::rules::finding::load(&data).unwrap();
+        let lines: String = stored.iter().map(|f| f.to_json_line() + "\n").collect();
+        assert_eq!(
+            finding_keys(&lines),
+            want,
+            "live findings at --speed {speed} differ from diagnose"
+        );
     }
-    assert!(ing.stop(), "run did not stop cleanly");
-    let stored = wallscope::rules::finding::load(&data).unwrap();
-    let lines: String = stored.iter().map(|f| f.to_json_line() + "\n").collect();
-    assert_eq!(
-        finding_keys(&lines),
-        want,
-        "live findings differ from diagnose"
+}
+
+/// `--loop` passes follow each other in time: the second pass is the first moved on by the
+/// capture's span, so the store sees new events, not duplicates.
+#[test]
+fn loop_passes_move_on_in_time() {
+    use wallscope::pipeline::replay::{ReplayConfig, Speed, replay as replay_lib};
+    let d = tempfile::tempdir().unwrap();
+    let sim = simulate(
+        d.path(),
+        SimConfig {
+            devices: 2,
+            duration_ms: 60_000,
+            poll_interval_ms: 10_000,
+            seed: 8,
+            quirks: false,
+            ..SimConfig::default()
+        },
     );
+    let sent = messages(std::slice::from_ref(&sim));
+    let n: u64 = sent.values().sum();
+    let broker = TestBroker::start(d.path());
+    let rec = d.path().join("rec.jsonl");
+    let url = broker.url();
+    let recorder = Ingester::spawn_cmd(
+        &d.path().join("recdata"),
+        &["record", "--broker", &url, "--out", rec.to_str().unwrap()],
+    );
+    recorder.wait_log("subscribed with QoS 1", 1);
+    let cfg = ReplayConfig {
+        broker: wallscope::ingest::BrokerUrl::parse(&url).unwrap().0,
+        client_id: "loop-test".into(),
+        files: vec![sim.clone()],
+        format: wallscope::source::InputFormat::Capture,
+        device: None,
+        speed: Speed::Max,
+        loop_passes: Some(3),
+        rewrites: vec![],
+        shift_ms: 0,
+        inflight: 100,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stats = rt.block_on(replay_lib(&cfg, &mut |_| {})).unwrap();
+    assert_eq!(
+        (stats.published, stats.acked, stats.passes),
+        (3 * n, 3 * n, 3)
+    );
+    wait_recorded(&rec, 3 * n);
+    assert!(recorder.stop());
+    // Three distinct envelope times per original one, a span (plus a second) apart.
+    let got = messages(&[rec]);
+    assert_eq!(
+        got.len() as u64,
+        3 * n,
+        "a pass repeated another pass's payloads"
+    );
+    let ts_of = |p: &[u8]| -> i64 {
+        let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+        v["ts"].as_i64().unwrap()
+    };
+    let mut times: Vec<i64> = got.keys().map(|(_, p)| ts_of(p)).collect();
+    times.sort_unstable();
+    let span = times[n as usize - 1] - times[0];
+    assert!(
+        times[n as usize] > times[n as usize - 1],
+        "passes overlap in time"
+    );
+    assert!(times[2 * n as usize - 1] - times[n as usize] <= span + 1);
 }
 
 #[test]
