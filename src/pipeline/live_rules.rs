@@ -108,11 +108,21 @@ pub async fn evaluate_incremental(
         },
         None => Scope::default(),
     };
+    evaluate_and_merge(snapshot, rules, &scope, stored).await
+}
+
+/// Evaluates `scope` and merges the findings into `stored`; returns how many episodes were new.
+async fn evaluate_and_merge(
+    snapshot: &crate::store::Snapshot,
+    rules: &LiveRules,
+    scope: &Scope,
+    stored: &mut Vec<Finding>,
+) -> Result<usize, rules::EvalError> {
     let eval = rules::evaluate(
         snapshot,
         rules.devices.clone(),
         &rules.pack,
-        &scope,
+        scope,
         &QueryConfig::default(),
     )
     .await?;
@@ -134,15 +144,7 @@ pub async fn evaluate_silent(
         devices: Some(silent.to_vec()),
         ..Scope::default()
     };
-    let eval = rules::evaluate(
-        snapshot,
-        rules.devices.clone(),
-        &rules.pack,
-        &scope,
-        &QueryConfig::default(),
-    )
-    .await?;
-    Ok(rules::finding::merge(stored, eval.findings))
+    evaluate_and_merge(snapshot, rules, &scope, stored).await
 }
 
 /// The evaluator task: coalesces dirty notices, evaluates at most every `interval_ms`,

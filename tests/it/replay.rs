@@ -54,6 +54,22 @@ fn messages_of(paths: &[PathBuf], strict: bool) -> BTreeMap<(String, Vec<u8>), u
     m
 }
 
+/// The `ts` of a bridge envelope payload.
+fn envelope_ts(payload: &[u8]) -> i64 {
+    let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    v["ts"].as_i64().unwrap()
+}
+
+/// `wallscope record` into `out`, once its subscription is in place.
+fn start_recorder(dir: &Path, url: &str, out: &Path) -> Ingester {
+    let r = Ingester::spawn_cmd(
+        &dir.join("recdata"),
+        &["record", "--broker", url, "--out", out.to_str().unwrap()],
+    );
+    r.wait_log("subscribed with QoS 1", 1);
+    r
+}
+
 fn replay(file: &Path, port: u16, extra: &[&str]) -> String {
     let url = format!("mqtt://127.0.0.1:{port}");
     let mut args = vec!["replay", file.to_str().unwrap(), "--to", &url];
@@ -93,11 +109,7 @@ fn replay_then_record_is_byte_exact() {
     let broker = TestBroker::start(d.path());
     let rec = d.path().join("rec.jsonl");
     let url = broker.url();
-    let recorder = Ingester::spawn_cmd(
-        &d.path().join("recdata"),
-        &["record", "--broker", &url, "--out", rec.to_str().unwrap()],
-    );
-    recorder.wait_log("subscribed with QoS 1", 1);
+    let recorder = start_recorder(d.path(), &url, &rec);
     let out = replay(&sim, broker.port, &["--speed", "max"]);
     assert!(out.contains("replayed"), "{out}");
     let sent = messages(std::slice::from_ref(&sim));
@@ -140,11 +152,7 @@ fn replay_keeps_the_schedule_and_rewrites_devices_and_time() {
     let broker = TestBroker::start(d.path());
     let rec = d.path().join("rec.jsonl");
     let url = broker.url();
-    let recorder = Ingester::spawn_cmd(
-        &d.path().join("recdata"),
-        &["record", "--broker", &url, "--out", rec.to_str().unwrap()],
-    );
-    recorder.wait_log("subscribed with QoS 1", 1);
+    let recorder = start_recorder(d.path(), &url, &rec);
     let started = Instant::now();
     let out = replay(
         &sim,
@@ -178,19 +186,15 @@ fn replay_keeps_the_schedule_and_rewrites_devices_and_time() {
         ["clone1", "clone2", "clone3", "wc0002"]
     );
     // Every envelope moved by exactly one hour.
-    let ts_of = |p: &[u8]| -> i64 {
-        let v: serde_json::Value = serde_json::from_slice(p).unwrap();
-        v["ts"].as_i64().unwrap()
-    };
     let orig: Vec<i64> = sent
         .keys()
         .filter(|(t, _)| t.contains("/wc0002/"))
-        .map(|(_, p)| ts_of(p))
+        .map(|(_, p)| envelope_ts(p))
         .collect();
     let moved: Vec<i64> = got
         .keys()
         .filter(|(t, _)| t.contains("/wc0002/"))
-        .map(|(_, p)| ts_of(p) - 3_600_000)
+        .map(|(_, p)| envelope_ts(p) - 3_600_000)
         .collect();
     let (mut a, mut b) = (orig, moved);
     a.sort_unstable();
@@ -316,11 +320,7 @@ fn loop_passes_move_on_in_time() {
     let broker = TestBroker::start(d.path());
     let rec = d.path().join("rec.jsonl");
     let url = broker.url();
-    let recorder = Ingester::spawn_cmd(
-        &d.path().join("recdata"),
-        &["record", "--broker", &url, "--out", rec.to_str().unwrap()],
-    );
-    recorder.wait_log("subscribed with QoS 1", 1);
+    let recorder = start_recorder(d.path(), &url, &rec);
     let cfg = ReplayConfig {
         broker: wallscope::ingest::BrokerUrl::parse(&url).unwrap().0,
         client_id: "loop-test".into(),
@@ -348,11 +348,7 @@ fn loop_passes_move_on_in_time() {
         3 * n,
         "a pass repeated another pass's payloads"
     );
-    let ts_of = |p: &[u8]| -> i64 {
-        let v: serde_json::Value = serde_json::from_slice(p).unwrap();
-        v["ts"].as_i64().unwrap()
-    };
-    let mut times: Vec<i64> = got.keys().map(|(_, p)| ts_of(p)).collect();
+    let mut times: Vec<i64> = got.keys().map(|(_, p)| envelope_ts(p)).collect();
     times.sort_unstable();
     let span = times[n as usize - 1] - times[0];
     assert!(
