@@ -4,8 +4,8 @@
 //!   second: a client burst returns the same payload several times within 0.3 s and must
 //!   never count as independent evidence, DOMAIN.md §3), epoch-ms time `t_ms`, the coil
 //!   voltage of either firmware schema (`coil_v`), the highest output voltage (`out_v`), the
-//!   previous and next sample's values, and running numbers for plug-in sessions
-//!   (`plug_no`) and contactor closures (`close_no`).
+//!   previous and next sample's values, running numbers for plug-in sessions
+//!   (`plug_no`) and contactor closures (`close_no`), and the sample's position `n`.
 //! - `contactor_episodes`: one row per contactor closure (consecutive closed samples).
 //! - `sessions`: one row per plug-in session (plug-in → unplug).
 //! - `baselines`: per device, its own idle offsets, closed-coil level, grid level and
@@ -69,7 +69,8 @@ SELECT device_id, ts, t_ms,
     OVER (PARTITION BY device_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS plug_no,
   SUM(CASE WHEN contactor_closed AND NOT COALESCE(prev_closed, FALSE) THEN 1 ELSE 0 END)
     OVER (PARTITION BY device_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS close_no,
-  COALESCE(uptime_s < prev_uptime_s, FALSE) AS rebooted
+  COALESCE(uptime_s < prev_uptime_s, FALSE) AS rebooted,
+  ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY ts) AS n
 FROM l
 "#;
 
