@@ -126,7 +126,8 @@ fn import_open(
     // keep the channel cheap and the bounded queue keeps memory flat.
     std::thread::scope(|scope| -> Result<(), PipelineError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
-        let reader = scope.spawn(move || read_chunks(paths, format, device, tx));
+        let reader =
+            scope.spawn(move || read_chunks(paths, format, device, &mut |c| tx.send(c).is_ok()));
         let mut failed: Option<PipelineError> = None;
         for chunk in rx.iter() {
             match chunk {
@@ -230,8 +231,8 @@ impl Sink {
     }
 }
 
-/// What the reader thread hands the decoding thread.
-enum Chunk {
+/// What a reader thread hands its consumer (the import's decoder, a replay's publisher).
+pub(crate) enum Chunk {
     /// A new file was opened.
     File,
     /// Parsed lines (messages or malformed lines, in file order) and the bytes they span.
@@ -243,26 +244,28 @@ enum Chunk {
 
 const CHUNK_LINES: usize = 4096;
 
-fn read_chunks(
+/// Reads `paths` in chunks of lines, handing each to `send`; stops reading early (without
+/// error) once `send` returns false: the consumer has stopped.
+pub(crate) fn read_chunks(
     paths: &[PathBuf],
     format: InputFormat,
     device: Option<&str>,
-    tx: std::sync::mpsc::SyncSender<Chunk>,
+    send: &mut dyn FnMut(Chunk) -> bool,
 ) -> Result<(), SourceError> {
     let mut items = Vec::with_capacity(CHUNK_LINES);
     let mut bytes = 0u64;
     // A send fails only when the decoding side has stopped (it failed): stop reading too.
     let mut gone = false;
     for path in paths {
-        if tx.send(Chunk::File).is_err() {
+        if !send(Chunk::File) {
             return Ok(());
         }
-        let flush = |items: &mut Vec<_>, bytes: &mut u64, gone: &mut bool| {
+        let mut flush = |items: &mut Vec<_>, bytes: &mut u64, gone: &mut bool| {
             let chunk = Chunk::Items {
                 items: std::mem::replace(items, Vec::with_capacity(CHUNK_LINES)),
                 bytes: std::mem::take(bytes),
             };
-            *gone |= tx.send(chunk).is_err();
+            *gone |= !send(chunk);
         };
         {
             // The two callbacks share the chunk; a RefCell keeps them both FnMut.

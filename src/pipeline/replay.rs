@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
+use super::{Chunk, read_chunks};
 use crate::ingest::publish::BatchPublisher;
 use crate::ingest::{BrokerUrl, IngestError};
-use crate::model::{Message, parse_topic};
-use crate::source::{self, BadLine, InputFormat, SourceError};
+use crate::model::parse_topic;
+use crate::source::{BadLine, InputFormat, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -231,7 +232,11 @@ pub async fn replay(
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
         let files = cfg.files.clone();
         let (format, device) = (cfg.format, cfg.device.clone());
-        let reader = std::thread::spawn(move || read_chunks(&files, format, device.as_deref(), tx));
+        let reader = std::thread::spawn(move || {
+            read_chunks(&files, format, device.as_deref(), &mut |c| {
+                tx.blocking_send(c).is_ok()
+            })
+        });
         let mut first_ts = None;
         let mut last_ts = 0i64;
         loop {
@@ -247,14 +252,21 @@ pub async fn replay(
                 }
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
             };
-            stats.bytes_read += chunk.bytes;
-            for b in chunk.bad {
-                stats.bad_lines += 1;
-                if stats.bad_line_samples.len() < 10 {
-                    stats.bad_line_samples.push(b);
-                }
-            }
-            for m in chunk.messages {
+            let Chunk::Items { items, bytes } = chunk else {
+                continue; // a new file begins
+            };
+            stats.bytes_read += bytes;
+            for item in items {
+                let m = match item {
+                    Ok(m) => m,
+                    Err(b) => {
+                        stats.bad_lines += 1;
+                        if stats.bad_line_samples.len() < 10 {
+                            stats.bad_line_samples.push(b);
+                        }
+                        continue;
+                    }
+                };
                 first_ts.get_or_insert(m.received_at_ms);
                 last_ts = last_ts.max(m.received_at_ms);
                 let t0 = *origin.get_or_insert(m.received_at_ms);
@@ -364,61 +376,6 @@ fn rewrite_payload(payload: Vec<u8>, ts_ms: i64, shift_ms: i64, cfg: &ReplayConf
     out.extend_from_slice(&payload);
     out.push(b'}');
     out
-}
-
-struct Chunk {
-    messages: Vec<Message>,
-    bad: Vec<BadLine>,
-    bytes: u64,
-}
-
-fn read_chunks(
-    files: &[PathBuf],
-    format: InputFormat,
-    device: Option<&str>,
-    tx: tokio::sync::mpsc::Sender<Chunk>,
-) -> Result<(), SourceError> {
-    const LINES: usize = 2048;
-    let state = std::cell::RefCell::new((
-        Chunk {
-            messages: Vec::with_capacity(LINES),
-            bad: Vec::new(),
-            bytes: 0,
-        },
-        false,
-    ));
-    let flush = |st: &mut (Chunk, bool)| {
-        let c = std::mem::replace(
-            &mut st.0,
-            Chunk {
-                messages: Vec::with_capacity(LINES),
-                bad: Vec::new(),
-                bytes: 0,
-            },
-        );
-        st.1 |= tx.blocking_send(c).is_err();
-    };
-    for path in files {
-        source::read_file(
-            path,
-            format,
-            device,
-            &mut |m| {
-                let mut st = state.borrow_mut();
-                if st.1 {
-                    return; // the replay stopped listening
-                }
-                st.0.messages.push(m);
-                if st.0.messages.len() >= LINES {
-                    flush(&mut st);
-                }
-            },
-            &mut |b| state.borrow_mut().0.bad.push(b),
-            &mut |n| state.borrow_mut().0.bytes += n,
-        )?;
-    }
-    flush(&mut state.borrow_mut());
-    Ok(())
 }
 
 #[cfg(test)]
