@@ -90,18 +90,7 @@ impl Publisher {
     /// Waits until the broker acknowledged everything published (at most `timeout`), then
     /// disconnects. Returns how many were acknowledged.
     pub async fn finish(self, timeout: Duration) -> Result<u64, IngestError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.acked() < self.published {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(IngestError::Config(format!(
-                    "the broker acknowledged {} of {} published messages within {:?}",
-                    self.acked(),
-                    self.published,
-                    timeout
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_acked(&self.acked, self.published, timeout, || Ok(())).await?;
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
         Ok(self.acked.load(Ordering::Relaxed))
@@ -289,21 +278,14 @@ impl BatchPublisher {
     pub async fn finish(mut self, timeout: Duration) -> Result<u64, IngestError> {
         use tokio::io::AsyncWriteExt;
         self.flush().await?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.acked() < self.published {
+        wait_acked(&self.acked, self.published, timeout, || {
             if self.reader.is_finished() {
-                return Err(self.lost("the broker closed the connection"));
+                Err(self.lost("the broker closed the connection"))
+            } else {
+                Ok(())
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(IngestError::Config(format!(
-                    "the broker acknowledged {} of {} published messages within {:?}",
-                    self.acked(),
-                    self.published,
-                    timeout
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        })
+        .await?;
         let mut bye = bytes::BytesMut::new();
         let _ = rumqttc::Packet::Disconnect.write(&mut bye, MAX_PACKET);
         let _ = self.writer.write_all(&bye).await;
@@ -311,4 +293,26 @@ impl BatchPublisher {
         self.reader.abort();
         Ok(self.acked())
     }
+}
+
+/// Waits until `acked` reaches `published` (at most `timeout`); `alive` reports a connection
+/// that can no longer deliver acks.
+async fn wait_acked(
+    acked: &AtomicU64,
+    published: u64,
+    timeout: Duration,
+    alive: impl Fn() -> Result<(), IngestError>,
+) -> Result<(), IngestError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while acked.load(Ordering::Relaxed) < published {
+        alive()?;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(IngestError::Config(format!(
+                "the broker acknowledged {} of {published} published messages within {timeout:?}",
+                acked.load(Ordering::Relaxed)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
 }
