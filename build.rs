@@ -1,15 +1,25 @@
-//! Compiles the built-in rule pack (`rules/*.toml`) into the binary, so `wallscope` works
-//! from any directory; operators add their own with `--rules DIR`.
+//! Compiles the built-in rule packs into the binary, so `wallscope` works from any
+//! directory: the fault rules (`rules/*.toml`) and the trend rules (`rules/trends/*.toml`).
+//! Operators add their own with `--rules DIR`.
 
 use std::fmt::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn main() {
     let manifest =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let dir = manifest.join("rules");
-    println!("cargo:rerun-if-changed=rules");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    embed(&manifest.join("rules"), &out_dir.join("builtin_rules.rs"));
+    embed(
+        &manifest.join("rules").join("trends"),
+        &out_dir.join("builtin_trends.rs"),
+    );
+}
+
+/// Writes `pub static BUILTIN: &[(name, text)]` for the `*.toml` files of `dir`.
+fn embed(dir: &Path, dest: &Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
@@ -28,7 +38,5 @@ fn main() {
         );
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
-        .join("builtin_rules.rs");
-    std::fs::write(dest, out).expect("write builtin_rules.rs");
+    std::fs::write(dest, out).expect("write the embedded rule list");
 }

@@ -10,6 +10,10 @@
 //! second. Every second the benchmark reads `ingest-status.json`: rows durable, rule
 //! evaluations, and `rule_lag_ms_last` — wall time from a batch becoming durable to the end
 //! of the evaluation that covered it, i.e. how long a finding trails its evidence landing.
+//! Alerts go to a file sink (group wait 1 s); a thread tails it, and each firing
+//! notification's latency is the wall time it appeared minus its finding's `detected_at`
+//! (event time of the newest data the detecting evaluation saw; the fleet is paced in real
+//! time, so event time is wall time): evidence landing → notification delivered.
 //! Needs `mosquitto` and the release `wallscope` binary beside this example.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -98,8 +102,45 @@ fn main() {
         gen_started.elapsed().as_secs_f64()
     );
 
-    // 2. Broker and `wallscope run` with the live rules (their default interval).
+    // 2. Broker and `wallscope run` with the live rules (their default interval) and the
+    // alerts, delivered to a JSON Lines file.
     let mq = mosquitto(tmp.path());
+    let notes = tmp.path().join("notes.jsonl");
+    let cfg = tmp.path().join("wallscope.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[alerts]\ngroup_wait_ms = 1000\n[[alerts.sinks]]\nname = \"bench\"\nkind = \"file\"\npath = \"{}\"\n",
+            notes.display()
+        ),
+    )
+    .unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, i64)>>> = Default::default();
+    let tail_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tailer = {
+        let (seen, stop, notes) = (seen.clone(), tail_stop.clone(), notes.clone());
+        std::thread::spawn(move || {
+            let mut offset = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                let Ok(text) = std::fs::read_to_string(&notes) else {
+                    continue;
+                };
+                let now = chrono::Utc::now().timestamp_millis();
+                let Some(done) = text[offset..].rfind('\n') else {
+                    continue;
+                };
+                for line in text[offset..offset + done].lines() {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                        && let Some(id) = v["notification_id"].as_str()
+                    {
+                        seen.lock().unwrap().push((id.to_string(), now));
+                    }
+                }
+                offset += done + 1;
+            }
+        })
+    };
     let mut ws = Command::new(wallscope_bin())
         .arg("--data-dir")
         .arg(&data)
@@ -111,8 +152,10 @@ fn main() {
             "bench-live",
             "--status-interval-s",
             "0",
-            "--devices",
+            "--config",
         ])
+        .arg(&cfg)
+        .arg("--devices")
         .arg(tmp.path().join("devices.csv"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -198,6 +241,10 @@ fn main() {
     let s = wallscope::ingest::read_status(&data).unwrap();
     let _ = Command::new("kill").arg(ws.id().to_string()).status();
     let _ = ws.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    tail_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    tailer.join().unwrap();
+    let alert_lat = alert_latencies(&data, &seen.lock().unwrap());
     lags.sort_unstable();
     let mut late_ms = late_ms;
     late_ms.sort_unstable();
@@ -229,4 +276,38 @@ fn main() {
     if s.rule_errors > 0 {
         println!("rule errors: {}", s.rule_errors);
     }
+    println!(
+        "alert notifications: {} firing alerts delivered; evidence → notification p50 {} ms, p99 {} ms, max {} ms",
+        alert_lat.len(),
+        percentile(&alert_lat, 0.5),
+        percentile(&alert_lat, 0.99),
+        alert_lat.last().copied().unwrap_or(0)
+    );
+}
+
+/// Per firing fault alert delivered live: wall time its notification appeared minus the
+/// `detected_at` of the finding that started it. Sorted.
+fn alert_latencies(data: &std::path::Path, seen: &[(String, i64)]) -> Vec<u64> {
+    let rows = wallscope::alerts::table::load(data).unwrap_or_default();
+    let findings = wallscope::rules::finding::load(data).unwrap_or_default();
+    let mut out = Vec::new();
+    for (id, wall) in seen {
+        for r in rows.iter().filter(|r| {
+            r.notification_id.as_deref() == Some(id.as_str())
+                && r.state == wallscope::alerts::lifecycle::State::Firing
+                && r.kind == "fault"
+        }) {
+            // The finding the alert started with: same rule and device, first evidence at
+            // the alert's start.
+            if let Some(f) = findings
+                .iter()
+                .filter(|f| f.rule == r.rule && Some(&f.device_id) == r.device_id.as_ref())
+                .min_by_key(|f| (f.first_ms - r.started_ms).abs())
+            {
+                out.push((wall - f.detected_ms).max(0) as u64);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
 }

@@ -19,6 +19,78 @@ pub struct FileConfig {
     pub batch: BatchFile,
     #[serde(default)]
     pub store: StoreFile,
+    #[serde(default)]
+    pub alerts: AlertsFile,
+}
+
+/// `[alerts]`: how findings and trends become alerts and where notifications go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// Fault alerts: how long an episode must last before its alert fires.
+    pub for_s: Option<u64>,
+    /// Fault alerts: how long the fault must stay away before the alert resolves.
+    pub clear_after_s: Option<u64>,
+    pub keep_firing_for_s: Option<u64>,
+    /// Per fault rule id: `[alerts.rules.handle_overtemp] for_s = 600`.
+    #[serde(default)]
+    pub rules: std::collections::BTreeMap<String, AlertPolicyFile>,
+    /// Labels (`site`, `installer`, `firmware_version`, `part_number`) or `rule`, `fault`,
+    /// `device_id`, `severity` that put transitions into one notification.
+    pub group_by: Option<Vec<String>>,
+    pub group_wait_ms: Option<i64>,
+    /// Replaces the default inhibition (a site grid alert mutes its chargers' F14/F15/F16).
+    pub inhibit: Option<Vec<InhibitFile>>,
+    /// Directories of extra trend rules (`*.toml`).
+    #[serde(default)]
+    pub trend_rules_dirs: Vec<PathBuf>,
+    /// Leave out the built-in trend rules.
+    #[serde(default)]
+    pub no_builtin_trends: bool,
+    #[serde(default)]
+    pub sinks: Vec<SinkFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertPolicyFile {
+    pub for_s: Option<u64>,
+    pub clear_after_s: Option<u64>,
+    pub keep_firing_for_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitFile {
+    /// The rule whose alert mutes others.
+    pub source: String,
+    /// Rule ids or fault codes it mutes.
+    pub targets: Vec<String>,
+    /// Labels both must share (e.g. `["site"]`).
+    #[serde(default)]
+    pub equal: Vec<String>,
+}
+
+/// `[[alerts.sinks]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkFile {
+    pub name: String,
+    /// `file`, `webhook` or `mqtt`.
+    pub kind: String,
+    /// file: where to append JSON lines (relative paths are under the data directory).
+    pub path: Option<PathBuf>,
+    /// webhook: `http://` or `https://` URL.
+    pub url: Option<String>,
+    /// webhook: a file holding the HMAC secret (first line).
+    pub secret_file: Option<PathBuf>,
+    pub timeout_ms: Option<u64>,
+    /// mqtt: broker URL (default: the ingest broker) and topic.
+    pub broker: Option<String>,
+    pub topic: Option<String>,
+    pub max_backlog: Option<usize>,
+    pub backoff_min_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -279,6 +279,55 @@ static FINDINGS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// The alert layer's table: one row per lifecycle transition (src/alerts writes it).
+pub const ALERTS_TABLE: &str = "alerts";
+/// Where the alert transitions live inside a data directory.
+pub const ALERTS_FILE: &str = "alerts/alerts.parquet";
+/// Operator actions (acks, silences): an append-only JSON Lines log the CLI and the API
+/// write while `run` reads it, so neither rewrites the other's file.
+pub const ALERT_ACTIONS_FILE: &str = "alerts/actions.jsonl";
+/// The `alert_actions` table (the actions log as rows).
+pub const ALERT_ACTIONS_TABLE: &str = "alert_actions";
+
+/// `alerts`: one row per transition of one alert (pending, firing, resolved, cancelled).
+/// An alert is keyed by (rule, key): a fault rule's key is the device id, a trend rule's the
+/// cohort it names (`site=S0042`, `firmware_version=25.2.1`, or a device id). `at` and
+/// `started_at` are event time, so a replay gives the same rows; `notification_id` and
+/// `recorded_at` say when and in which notification the engine sent it (wall clock).
+pub fn alerts_schema() -> SchemaRef {
+    ALERTS_SCHEMA.clone()
+}
+
+static ALERTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("rule", DataType::Utf8, false),
+        // `fault` (a fault rule over findings) or `trend` (rules/trends/).
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new(COL_DEVICE_ID, DataType::Utf8, true),
+        Field::new("fault", DataType::Utf8, true),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("at", ts_type(), false),
+        Field::new("started_at", ts_type(), false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("owner", DataType::Utf8, false),
+        Field::new("title", DataType::Utf8, false),
+        Field::new("summary", DataType::Utf8, false),
+        // Labels (site, installer, firmware_version, …) as a JSON object: grouping and
+        // inhibition match on them.
+        Field::new("labels", DataType::Utf8, false),
+        Field::new("evidence", DataType::Utf8, false),
+        Field::new("steps", DataType::Utf8, false),
+        // The firing alert that inhibits this one, or the silence that mutes it.
+        Field::new("inhibited_by", DataType::Utf8, true),
+        Field::new("silenced_by", DataType::Utf8, true),
+        // Null while the transition waits for its group (or when nothing is sent for it).
+        Field::new("notification_id", DataType::Utf8, true),
+        Field::new("recorded_at", ts_type(), false),
+    ]))
+});
+
 /// The device registry's table name.
 pub const DEVICES_TABLE: &str = "devices";
 /// A registry a data directory may hold (loaded when `--devices` is not given).

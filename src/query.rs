@@ -6,7 +6,8 @@
 //! limit, no URL tables. Statements are planned first and refused before execution unless
 //! the plan is a query: DDL, DML (INSERT, COPY), and statements (SET, transactions) never run.
 //! Besides the stored tables, `metrics` holds the last live ingest's counters, `findings` the
-//! rule layer's episodes, and `devices` the registry (`devices.csv` in the data directory, or
+//! rule layer's episodes, `alerts` the alert transitions, `alert_actions` the operators' acks
+//! and silences, and `devices` the registry (`devices.csv` in the data directory, or
 //! the file a command names).
 
 use std::sync::Arc;
@@ -18,7 +19,10 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 
-use crate::model::{DEVICES_FILE, DEVICES_TABLE, FINDINGS_FILE, FINDINGS_TABLE, findings_schema};
+use crate::model::{
+    ALERT_ACTIONS_FILE, ALERT_ACTIONS_TABLE, ALERTS_FILE, ALERTS_TABLE, DEVICES_FILE,
+    DEVICES_TABLE, FINDINGS_FILE, FINDINGS_TABLE, alerts_schema, findings_schema,
+};
 use crate::store::{Snapshot, catalog};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,11 @@ pub fn session(snapshot: &Snapshot, cfg: &QueryConfig) -> Result<SessionContext,
     catalog::register(&ctx, snapshot)?;
     ctx.register_table("metrics", metrics_table(snapshot)?)?;
     ctx.register_table(FINDINGS_TABLE, findings_table(snapshot)?)?;
+    ctx.register_table(
+        ALERTS_TABLE,
+        parquet_table(snapshot, ALERTS_FILE, alerts_schema())?,
+    )?;
+    ctx.register_table(ALERT_ACTIONS_TABLE, actions_table(snapshot)?)?;
     let registry = snapshot.dir.join(DEVICES_FILE);
     let devices = if registry.is_file() {
         crate::registry::load(&registry)?
@@ -107,6 +116,90 @@ fn findings_table(snapshot: &Snapshot) -> Result<Arc<MemTable>, QueryError> {
         findings_schema(),
         vec![batches],
     )?))
+}
+
+/// A derived table stored as one Parquet file (empty while the file does not exist).
+fn parquet_table(
+    snapshot: &Snapshot,
+    file: &str,
+    schema: arrow::datatypes::SchemaRef,
+) -> Result<Arc<MemTable>, QueryError> {
+    let path = snapshot.dir.join(file);
+    let batches = if path.is_file() {
+        crate::store::files::read_parquet(&path, None).map_err(|source| QueryError::Findings {
+            path: path.display().to_string(),
+            source,
+        })?
+    } else {
+        Vec::new()
+    };
+    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+}
+
+/// The operators' actions log as rows: action, alert_id (acks), id, device and rule
+/// (silences), by, at, until, reason or note. Unreadable lines are left out.
+fn actions_table(snapshot: &Snapshot) -> Result<Arc<MemTable>, QueryError> {
+    use arrow::array::{StringArray, TimestampMillisecondArray};
+    let text = std::fs::read_to_string(snapshot.dir.join(ALERT_ACTIONS_FILE)).unwrap_or_default();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let s = |k: &str| -> StringArray {
+        rows.iter()
+            .map(|r| r.get(k).and_then(|v| v.as_str()).map(String::from))
+            .collect()
+    };
+    let t = |k: &str| -> TimestampMillisecondArray {
+        rows.iter()
+            .map(|r| r.get(k).and_then(|v| v.as_i64()))
+            .collect::<TimestampMillisecondArray>()
+            .with_timezone("UTC")
+    };
+    let at: TimestampMillisecondArray = rows
+        .iter()
+        .map(|r| {
+            r.get("at_ms")
+                .or_else(|| r.get("from_ms"))
+                .and_then(|v| v.as_i64())
+        })
+        .collect::<TimestampMillisecondArray>()
+        .with_timezone("UTC");
+    let why: StringArray = rows
+        .iter()
+        .map(|r| {
+            r.get("reason")
+                .or_else(|| r.get("note"))
+                .and_then(|v| v.as_str())
+                .map(String::from)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("action", DataType::Utf8, true),
+        Field::new("alert_id", DataType::Utf8, true),
+        Field::new("id", DataType::Utf8, true),
+        Field::new("device", DataType::Utf8, true),
+        Field::new("rule", DataType::Utf8, true),
+        Field::new("by", DataType::Utf8, true),
+        Field::new("at", crate::model::ts_type(), true),
+        Field::new("until", crate::model::ts_type(), true),
+        Field::new("reason", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(s("action")),
+            Arc::new(s("alert_id")),
+            Arc::new(s("id")),
+            Arc::new(s("device")),
+            Arc::new(s("rule")),
+            Arc::new(s("by")),
+            Arc::new(at),
+            Arc::new(t("until_ms")),
+            Arc::new(why),
+        ],
+    )?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
 /// The live ingest's counters as a table (name, value, at): empty when no ingest has run.

@@ -310,20 +310,37 @@ pub fn cmd_rules(
                 builtin: !no_builtin_rules,
                 dirs: dir.iter().cloned().collect(),
             };
-            let problems = match rules::pack::load(&src) {
+            // Trend rules: the built-in ones, and DIR/trends when it exists.
+            let trend_dirs: Vec<PathBuf> = dir
+                .iter()
+                .map(|d| d.join("trends"))
+                .filter(|d| d.is_dir())
+                .collect();
+            let (trends, mut problems) =
+                match crate::alerts::trend::load(!no_builtin_rules, &trend_dirs) {
+                    Ok(t) => {
+                        let empty = std::env::temp_dir().join("wallscope-rules-check-no-data");
+                        let p = rt.block_on(crate::alerts::trend::check(&t, &empty));
+                        (t.len(), p)
+                    }
+                    Err(p) => (0, p),
+                };
+            match rules::pack::load(&src) {
                 Ok(pack) => {
-                    let p = rt.block_on(rules::pack::check(&pack));
-                    if p.is_empty() {
+                    problems.extend(rt.block_on(rules::pack::check(&pack)));
+                    if problems.is_empty() {
                         let from = dir
                             .as_deref()
                             .map(|d| format!(" (with {})", d.display()))
                             .unwrap_or_default();
-                        println!("{} rule(s) ok{from}", pack.rules.len());
+                        println!(
+                            "{} rule(s) and {trends} trend rule(s) ok{from}",
+                            pack.rules.len()
+                        );
                         return Ok(ExitCode::SUCCESS);
                     }
-                    p
                 }
-                Err(p) => p,
+                Err(p) => problems.extend(p),
             };
             for p in &problems {
                 eprintln!("{p}");
@@ -386,6 +403,32 @@ pub fn cmd_rules(
                     r.id,
                     human_ms(r.window_ms),
                     r.title
+                )?;
+            }
+            let trends = crate::alerts::trend::load(true, &[]).map_err(|p| {
+                anyhow::anyhow!(
+                    "built-in trend rules: {}",
+                    p.first().map(|p| p.to_string()).unwrap_or_default()
+                )
+            })?;
+            writeln!(
+                out,
+                "\ntrend rules (alerts over findings, the registry and the store):"
+            )?;
+            writeln!(
+                out,
+                "{:<9} {:<26} {:<6} {:<7} title",
+                "severity", "rule", "every", "window"
+            )?;
+            for t in &trends {
+                writeln!(
+                    out,
+                    "{:<9} {:<26} {:<6} {:<7} {}",
+                    t.severity.as_str(),
+                    t.id,
+                    human_ms(t.every_ms),
+                    human_ms(t.window_ms),
+                    t.title
                 )?;
             }
             Ok(ExitCode::SUCCESS)

@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// Shortest time between live rule evaluations (e.g. 2s).
     #[arg(long)]
     pub rules_interval: Option<String>,
+    /// Findings only: no alerts, no notifications ([alerts] in --config sets them up).
+    #[arg(long)]
+    pub no_alerts: bool,
     /// Device registry for the rules (CSV or Parquet); default: devices.csv in the data
     /// directory.
     #[arg(long, value_name = "FILE")]
@@ -215,7 +218,24 @@ fn live_config(
                 .max(10) as u64,
             None => 2000,
         };
+        let alerts = if a.no_alerts {
+            None
+        } else {
+            let (settings, sinks) = crate::alerts::settings_from_file(
+                &file.alerts,
+                data_dir,
+                Some(&c.broker),
+                &c.client_id,
+            )
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+            Some(crate::pipeline::live_rules::LiveAlerts {
+                settings,
+                sinks,
+                drain_ms: 5000,
+            })
+        };
         Some(crate::pipeline::live_rules::LiveRules {
+            alerts,
             pack: a.rules.load()?,
             devices: a
                 .devices
@@ -446,6 +466,7 @@ pub fn cmd_demo(
     clock: Arc<dyn Clock>,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<ExitCode> {
+    let wall = clock.clone();
     let duration_ms = crate::config::parse_duration_ms(&a.duration)
         .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
     // End the simulated span now, so event times pass the ingest's time-window check.
@@ -590,6 +611,14 @@ pub fn cmd_demo(
     print_run_summary(&report);
     print_tables(data_dir, rt)?;
     super::diagnose::evaluate_store_and_print(data_dir, rt)?;
+    let alerted = super::alerts::evaluate_batch(
+        data_dir,
+        None,
+        &crate::alerts::Settings::default(),
+        wall.now_ms(),
+        rt,
+    )?;
+    super::alerts::print_outcome(&alerted, data_dir);
     let dir = data_dir.display();
     println!("explore the data:");
     println!(
@@ -602,6 +631,8 @@ pub fn cmd_demo(
     println!(
         "  wallscope --data-dir {dir} sql \"SELECT error_class, count(*) FROM dead_letters GROUP BY 1\""
     );
+    println!("  wallscope --data-dir {dir} alerts list");
+    println!("  wallscope --data-dir {dir} forecast --horizon 14d");
     println!("  wallscope --data-dir {dir} status");
     println!(
         "ground truth for the injected faults: {}",

@@ -20,6 +20,7 @@ use crate::sim::{self, FaultCode, SimConfig, Simulator};
 use crate::source::InputFormat;
 use crate::store::{Snapshot, StoreConfig};
 
+mod alerts;
 mod diagnose;
 mod live;
 mod replay;
@@ -82,6 +83,11 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Cut a case file (one charger, a time range, its findings) from the store.
     Export(replay::ExportArgs),
+    /// List, show, acknowledge and silence alerts.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
+    /// Forecast new fault episodes per day, per fault and per owner, with a back-test.
+    Forecast(alerts::ForecastArgs),
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +175,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Record(a) => replay::cmd_record(a, clock, &rt),
         Command::Replay(a) => replay::cmd_replay(a, &rt),
         Command::Export(a) => replay::cmd_export(&cli.data_dir, a, &rt),
+        Command::Alerts(c) => alerts::cmd_alerts(&cli.data_dir, c, clock, &rt),
+        Command::Forecast(a) => alerts::cmd_forecast(&cli.data_dir, a, &rt),
     }
 }
 

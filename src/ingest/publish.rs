@@ -87,6 +87,11 @@ impl Publisher {
         self.acked.load(Ordering::Relaxed)
     }
 
+    /// Waits until the broker acknowledged everything published so far (at most `timeout`).
+    pub async fn wait_all_acked(&self, timeout: Duration) -> Result<(), IngestError> {
+        wait_acked(&self.acked, self.published, timeout, || Ok(())).await
+    }
+
     /// Waits until the broker acknowledged everything published (at most `timeout`), then
     /// disconnects. Returns how many were acknowledged.
     pub async fn finish(self, timeout: Duration) -> Result<u64, IngestError> {

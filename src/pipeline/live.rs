@@ -121,6 +121,7 @@ pub async fn run(
                 data_dir.clone(),
                 rx,
                 metrics.clone(),
+                clock.clone(),
             ));
             (Some(tx), Some(task))
         }

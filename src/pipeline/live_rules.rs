@@ -8,12 +8,12 @@
 //! devices that keep sending are never evaluated twice for the same data, which is what
 //! lets a large fleet run live (a whole-fleet pass would grow with the fleet).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, TimestampMillisecondType};
 use tokio::sync::mpsc;
 
@@ -33,6 +33,17 @@ pub struct LiveRules {
     pub interval_ms: u64,
     /// Time between sweeps of the devices that went quiet.
     pub full_every_ms: u64,
+    /// Turn findings and trends into alerts after each evaluation (None: findings only).
+    pub alerts: Option<LiveAlerts>,
+}
+
+/// The alert layer's part of a live run.
+#[derive(Debug, Clone)]
+pub struct LiveAlerts {
+    pub settings: crate::alerts::Settings,
+    pub sinks: Vec<crate::alerts::sink::SinkConfig>,
+    /// How long stopping waits for the sinks to drain.
+    pub drain_ms: u64,
 }
 
 /// What a durable batch brought: its devices and its oldest event time.
@@ -40,6 +51,8 @@ pub struct LiveRules {
 pub struct Dirty {
     pub devices: BTreeSet<String>,
     pub min_ts_ms: Option<i64>,
+    /// Per device, its newest event time in the batch (how far its data reaches).
+    pub newest: BTreeMap<String, i64>,
     /// When the batch became durable (wall clock), for the lag figure.
     pub durable_at: Option<Instant>,
 }
@@ -52,20 +65,31 @@ impl Dirty {
             if !Table::TELEMETRY.contains(t) || b.num_rows() == 0 {
                 continue;
             }
+            let ts = b.column(1).as_primitive_opt::<TimestampMillisecondType>();
             if let Ok(ids) = arrow::compute::cast(b.column(0), &DataType::Utf8) {
                 let ids = ids.as_string::<i32>();
-                let mut last: Option<&str> = None;
-                for id in ids.iter().flatten() {
-                    // Batches arrive grouped by device more often than not: skip repeats cheaply.
-                    if last != Some(id) {
-                        if !d.devices.contains(id) {
-                            d.devices.insert(id.to_string());
+                // Batches arrive grouped by device more often than not: one map update per run.
+                let mut run: Option<(&str, i64)> = None;
+                for (r, id) in ids.iter().enumerate() {
+                    let Some(id) = id else { continue };
+                    let t = ts
+                        .filter(|t| t.is_valid(r))
+                        .map_or(i64::MIN, |t| t.value(r));
+                    match run {
+                        Some((cur, ref mut max)) if cur == id => *max = (*max).max(t),
+                        _ => {
+                            if let Some((cur, max)) = run {
+                                d.note(cur, max);
+                            }
+                            run = Some((id, t));
                         }
-                        last = Some(id);
                     }
                 }
+                if let Some((cur, max)) = run {
+                    d.note(cur, max);
+                }
             }
-            if let Some(ts) = b.column(1).as_primitive_opt::<TimestampMillisecondType>()
+            if let Some(ts) = ts
                 && let Some(min) = arrow::compute::min(ts)
             {
                 d.min_ts_ms = Some(d.min_ts_ms.map_or(min, |m| m.min(min)));
@@ -74,8 +98,22 @@ impl Dirty {
         d
     }
 
+    fn note(&mut self, id: &str, max_ms: i64) {
+        match self.newest.get_mut(id) {
+            Some(m) => *m = (*m).max(max_ms),
+            None => {
+                self.devices.insert(id.to_string());
+                self.newest.insert(id.to_string(), max_ms);
+            }
+        }
+    }
+
     fn absorb(&mut self, o: Dirty) {
         self.devices.extend(o.devices);
+        for (k, v) in o.newest {
+            let m = self.newest.entry(k).or_insert(v);
+            *m = (*m).max(v);
+        }
         self.min_ts_ms = match (self.min_ts_ms, o.min_ts_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -147,20 +185,167 @@ pub async fn evaluate_silent(
     evaluate_and_merge(snapshot, rules, &scope, stored).await
 }
 
+/// The alert layer inside the evaluator task: its state, its sinks, how far each device's
+/// findings reach.
+struct AlertRun {
+    cfg: LiveAlerts,
+    state: crate::alerts::AlertState,
+    sinks: Vec<crate::alerts::sink::SinkHandle>,
+    progress: BTreeMap<String, i64>,
+    /// How far each device's stored data reached at start. It counts once a sweep has
+    /// judged every stored device (before that, findings may not cover it: the previous
+    /// run may have stopped between a commit and its evaluation).
+    stored_progress: Option<BTreeMap<String, i64>>,
+    /// Transitions wait for their group: evaluate again after the group wait even when no
+    /// data arrives.
+    waiting: bool,
+}
+
+impl AlertRun {
+    fn start(cfg: LiveAlerts, data_dir: &std::path::Path) -> Result<AlertRun, String> {
+        let state = crate::alerts::AlertState::load(data_dir).map_err(|e| e.to_string())?;
+        let outbox = crate::alerts::sink::notifications(&state.rows);
+        let mut sinks = Vec::new();
+        for s in &cfg.sinks {
+            sinks.push(
+                crate::alerts::sink::spawn(s.clone(), data_dir, outbox.clone(), true)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(AlertRun {
+            cfg,
+            state,
+            sinks,
+            progress: BTreeMap::new(),
+            stored_progress: None,
+            waiting: false,
+        })
+    }
+
+    /// One alert evaluation over the current findings; stores the table and hands new
+    /// notifications to the sinks. Errors are logged and counted: alerts never stop ingest.
+    async fn evaluate(
+        &mut self,
+        snapshot: &crate::store::Snapshot,
+        registry: Option<RecordBatch>,
+        findings: &[Finding],
+        data_dir: &std::path::Path,
+        now_wall_ms: i64,
+        flush_all: bool,
+        metrics: &IngestMetrics,
+    ) {
+        let input = crate::alerts::Input {
+            snapshot,
+            registry,
+            findings,
+            progress: &self.progress,
+            now_wall_ms,
+            flush_all,
+        };
+        let before = self.state.clone();
+        let outcome = match self
+            .state
+            .evaluate(data_dir, &input, &self.cfg.settings)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                self.state = before;
+                metrics.rule_errors.inc();
+                tracing::error!(error = %e, "alert evaluation failed");
+                return;
+            }
+        };
+        self.waiting = self
+            .state
+            .rows
+            .iter()
+            .any(|r| r.notification_id.is_none() && r.wants_notification());
+        let changed = outcome.transitions > 0
+            || !outcome.notifications.is_empty()
+            || outcome.ticks > 0
+            || outcome.muted > 0;
+        if !changed {
+            return;
+        }
+        // The table is the outbox: it is durable before any sink sees a notification.
+        let state = self.state.clone();
+        let dir = data_dir.to_path_buf();
+        let saved = match tokio::task::spawn_blocking(move || state.save(&dir)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = saved {
+            // Forget this evaluation: the next one recomputes the same transitions and
+            // notification ids, and stores and sends them then.
+            self.state = before;
+            metrics.rule_errors.inc();
+            tracing::error!(error = %e, "cannot store the alerts; the next evaluation retries");
+            return;
+        }
+        if !outcome.notifications.is_empty() {
+            let new: BTreeSet<&String> = outcome.notifications.iter().collect();
+            let ns: Vec<_> = crate::alerts::sink::notifications(&self.state.rows)
+                .into_iter()
+                .filter(|n| new.contains(&n.id))
+                .collect();
+            for s in &self.sinks {
+                s.send(ns.clone());
+            }
+        }
+        if outcome.transitions > 0 {
+            tracing::info!(
+                transitions = outcome.transitions,
+                notifications = outcome.notifications.len(),
+                firing = outcome.firing,
+                "alerts"
+            );
+        }
+    }
+
+    async fn close(self) {
+        let grace = Duration::from_millis(self.cfg.drain_ms);
+        for s in self.sinks {
+            s.close(grace).await;
+        }
+    }
+}
+
 /// The evaluator task: coalesces dirty notices, evaluates at most every `interval_ms`,
-/// stores the findings. Ends when `rx` closes (after a last evaluation of what is pending).
+/// stores the findings, then (with alerts on) the alerts. Ends when `rx` closes (after a
+/// last evaluation of what is pending, which also sends every waiting alert group).
 pub async fn run(
     rules: LiveRules,
     handle: StoreHandle,
     data_dir: PathBuf,
     mut rx: mpsc::UnboundedReceiver<Dirty>,
     metrics: Arc<IngestMetrics>,
+    clock: Arc<dyn crate::clock::Clock>,
 ) {
     let mut stored = match rules::finding::load(&data_dir) {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the stored findings; live rules are off");
             return;
+        }
+    };
+    // The registry the alerts label and group by: read once (the data directory's
+    // devices.csv unless one was given), not at every evaluation.
+    let registry = rules.devices.clone().or_else(|| {
+        let p = data_dir.join(crate::model::DEVICES_FILE);
+        p.is_file()
+            .then(|| crate::registry::load(&p))
+            .and_then(|r| {
+                r.map_err(|e| tracing::warn!(error = %e, "cannot read the device registry; alerts carry no site labels"))
+                    .ok()
+            })
+    });
+    let mut alerts = match rules.alerts.clone().map(|a| AlertRun::start(a, &data_dir)) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot start the alerts; live rules run without them");
+            None
         }
     };
     let interval = Duration::from_millis(rules.interval_ms.max(10));
@@ -179,18 +364,33 @@ pub async fn run(
         }
     };
     let mut heard: BTreeSet<String> = BTreeSet::new();
+    let mut swept = false;
+    if let Some(a) = alerts.as_mut() {
+        match crate::alerts::device_progress(&handle.snapshot()).await {
+            Ok(p) => a.stored_progress = Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read how far the stored devices reach; their alerts resolve once they report again")
+            }
+        }
+    }
     let mut last_sweep = Instant::now();
     let mut pending = Dirty::default();
     let mut open = true;
     while open {
-        // Wait for the first notice (or the next sweep), then collect for one interval.
-        let until_sweep = full_every.saturating_sub(last_sweep.elapsed());
+        // Wait for the first notice (the next sweep, or a waiting alert group), then collect
+        // for one interval.
+        let mut until_wake = full_every.saturating_sub(last_sweep.elapsed());
+        if let Some(a) = alerts.as_ref().filter(|a| a.waiting) {
+            until_wake = until_wake.min(Duration::from_millis(
+                a.cfg.settings.group_wait_ms.max(100) as u64,
+            ));
+        }
         tokio::select! {
             d = rx.recv() => match d {
                 Some(d) => pending.absorb(d),
                 None => open = false,
             },
-            _ = tokio::time::sleep(until_sweep) => {}
+            _ = tokio::time::sleep(until_wake) => {}
         }
         let deadline = tokio::time::Instant::now() + interval;
         while open && !pending.is_empty() {
@@ -206,6 +406,20 @@ pub async fn run(
         // went quiet before the end is judged before the process exits.
         let sweep = !open || last_sweep.elapsed() >= full_every;
         if pending.is_empty() && !sweep {
+            if let Some(a) = alerts.as_mut().filter(|a| a.waiting) {
+                // Nothing new: only send the groups whose wait is over.
+                let snapshot = handle.snapshot();
+                a.evaluate(
+                    &snapshot,
+                    registry.clone(),
+                    &stored,
+                    &data_dir,
+                    clock.now_ms(),
+                    false,
+                    &metrics,
+                )
+                .await;
+            }
             continue;
         }
         let dirty = std::mem::take(&mut pending);
@@ -218,6 +432,8 @@ pub async fn run(
             evaluate_incremental(&snapshot, &rules, Some(&dirty), &mut stored).await
         };
         if sweep && result.is_ok() {
+            let first_sweep = !swept;
+            swept = true;
             last_sweep = Instant::now();
             let silent: Vec<String> = known.difference(&heard).cloned().collect();
             // `heard` starts afresh: what arrives from here on counts for the next sweep.
@@ -226,6 +442,16 @@ pub async fn run(
                 Ok(n) => result.map(|m| m + n),
                 Err(e) => Err(e),
             };
+            if first_sweep
+                && result.is_ok()
+                && let Some(a) = alerts.as_mut()
+                && let Some(p) = a.stored_progress.take()
+            {
+                for (d, t) in p {
+                    let e = a.progress.entry(d).or_insert(t);
+                    *e = (*e).max(t);
+                }
+            }
         }
         metrics.rule_evaluations.inc();
         metrics
@@ -242,6 +468,23 @@ pub async fn run(
                     metrics.rule_errors.inc();
                     tracing::error!(error = %e, "cannot store the findings");
                 }
+                if let Some(a) = alerts.as_mut() {
+                    // The findings now cover these devices' data up to their newest time.
+                    for (d, t) in &dirty.newest {
+                        let p = a.progress.entry(d.clone()).or_insert(*t);
+                        *p = (*p).max(*t);
+                    }
+                    a.evaluate(
+                        &snapshot,
+                        registry.clone(),
+                        &stored,
+                        &data_dir,
+                        clock.now_ms(),
+                        !open,
+                        &metrics,
+                    )
+                    .await;
+                }
                 if let Some(at) = dirty.durable_at {
                     metrics.set_rule_lag_ms(at.elapsed().as_millis() as u64);
                 }
@@ -251,5 +494,8 @@ pub async fn run(
                 tracing::error!(error = %e, "live rule evaluation failed");
             }
         }
+    }
+    if let Some(a) = alerts {
+        a.close().await;
     }
 }

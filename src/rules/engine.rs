@@ -535,12 +535,12 @@ async fn registry_facts(ctx: &SessionContext) -> Result<BTreeMap<String, Vec<Str
     Ok(out)
 }
 
-fn text_column(a: &ArrayRef) -> Result<StringArray, DataFusionError> {
+pub(crate) fn text_column(a: &ArrayRef) -> Result<StringArray, DataFusionError> {
     let c = arrow::compute::cast(a, &DataType::Utf8)?;
     Ok(c.as_string::<i32>().clone())
 }
 
-fn ms_column(a: &ArrayRef) -> Result<Int64Array, DataFusionError> {
+pub(crate) fn ms_column(a: &ArrayRef) -> Result<Int64Array, DataFusionError> {
     let c = match a.data_type() {
         DataType::Int64 => a.clone(),
         _ => {
@@ -623,7 +623,7 @@ fn extract(rule: &Rule, b: &RecordBatch, eval_end_ms: i64) -> Result<Vec<Finding
 }
 
 /// One evidence value as JSON: numbers rounded to 3 decimals, times as RFC 3339.
-fn cell_json(a: &ArrayRef, r: usize) -> Value {
+pub(crate) fn cell_json(a: &ArrayRef, r: usize) -> Value {
     if a.is_null(r) {
         return Value::Null;
     }

@@ -82,7 +82,7 @@ pub(crate) struct Runtime<'a> {
     site: &'a Site,
     plan: &'a DevicePlan,
     topics: [String; 4],
-    fw_strings: [String; 4],
+    fw_strings: [String; 5],
     rng: Rng,
     start: i64,
     end: i64,
@@ -138,7 +138,7 @@ impl<'a> Runtime<'a> {
         let id = &unit.info.device_id;
         let topics = KINDS.map(|k| format!("wc/{id}/{}", k.suffix()));
         let fw_strings =
-            [0, 1, 2, 3].map(|i| format!("{}+{}", FIRMWARES[i].version, FIRMWARES[i].build));
+            [0, 1, 2, 3, 4].map(|i| format!("{}+{}", FIRMWARES[i].version, FIRMWARES[i].build));
         let period = [cfg.poll, MIN, MIN, 60 * MIN];
         // Each device polls on its own phase, like independent bridges would.
         let next_tick = [

@@ -53,7 +53,7 @@ pub(crate) struct Firmware {
 
 /// The firmware mix. 25.42.2 stands in for "newer firmware with K1/K2" [I]: no public
 /// capture names the first version with that schema.
-pub(crate) const FIRMWARES: [Firmware; 4] = [
+pub(crate) const FIRMWARES: [Firmware; 5] = [
     Firmware {
         version: "24.44.3",
         build: "g5d2e81c07a9b4f",
@@ -78,8 +78,19 @@ pub(crate) const FIRMWARES: [Firmware; 4] = [
         k1k2: true,
         reasons: true,
     },
+    // Only a cohort runs it (`SimConfig::cohort`): a newer release on the K1/K2 schema,
+    // never drawn by FIRMWARE_WEIGHTS.
+    Firmware {
+        version: "25.44.1",
+        build: "g0c9d4e1a7b3f62",
+        k1k2: true,
+        reasons: true,
+    },
 ];
 const FIRMWARE_WEIGHTS: [f64; 4] = [0.15, 0.25, 0.40, 0.20];
+/// The firmware of `SimConfig::cohort`, and the regular one its units come from (same schema).
+pub(crate) const COHORT_FIRMWARE: usize = 4;
+pub(crate) const COHORT_FROM_FIRMWARE: usize = 3;
 /// What the one upgrading unit per fleet moves to.
 pub(crate) const UPGRADE_FIRMWARE: usize = 3;
 

@@ -65,6 +65,21 @@ pub struct SimConfig {
     pub quirks: bool,
     /// Device ids are `{prefix}{n:04}` with n counting from 1.
     pub device_prefix: String,
+    /// A firmware cohort with a raised rate of one fault (fleet trend tests).
+    pub cohort: Option<Cohort>,
+    /// One site (two or more split-phase chargers) whose supply misbehaves: every charger
+    /// on it gets this fault (F14 or F15) from one shared onset.
+    pub site_fault: Option<FaultCode>,
+}
+
+/// `share` of the fleet, taken from the units on the newest regular firmware (so the
+/// payload schema does not change), runs a firmware release of its own, and each of its
+/// units gets `fault` with probability `rate` — a bad release, as a support team sees one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cohort {
+    pub share: f64,
+    pub fault: FaultCode,
+    pub rate: f64,
 }
 
 impl Default for SimConfig {
@@ -79,6 +94,8 @@ impl Default for SimConfig {
             fault_rate: 0.0,
             quirks: true,
             device_prefix: "wc".to_string(),
+            cohort: None,
+            site_fault: None,
         }
     }
 }
@@ -291,6 +308,7 @@ pub struct Simulator {
 const STREAM_FLEET: u64 = 0xF1EE7;
 const STREAM_PLAN: u64 = 0x1_0000_0000;
 const STREAM_RUN: u64 = 0x2_0000_0000;
+const STREAM_COHORT: u64 = 0x3_0000_0000;
 
 fn validate(cfg: &SimConfig) -> Result<(), SimError> {
     if cfg.devices == 0 {
@@ -367,11 +385,66 @@ fn adapt(code: FaultCode, unit: &mut Unit) {
     }
 }
 
-fn assign_faults(cfg: &SimConfig, units: &mut [Unit], rng: &mut Rng) -> Vec<Option<FaultCode>> {
+/// The cohort's and the site's faults (`SimConfig::cohort`, `site_fault`), on a stream of
+/// their own so fleets without them are unchanged. Returns the faults and shared onsets.
+fn assign_cohort_and_site(
+    cfg: &SimConfig,
+    units: &mut [Unit],
+    sites: usize,
+    start: i64,
+    end: i64,
+) -> (Vec<Option<FaultCode>>, Vec<Option<i64>>) {
+    let n = units.len();
+    let mut faults: Vec<Option<FaultCode>> = vec![None; n];
+    let mut onsets: Vec<Option<i64>> = vec![None; n];
+    let mut rng = Rng::stream(cfg.seed, STREAM_COHORT);
+    if let Some(c) = &cfg.cohort {
+        let want = (c.share * n as f64).round() as usize;
+        let mut pool: Vec<usize> = (0..n)
+            .filter(|&i| units[i].fw == fleet::COHORT_FROM_FIRMWARE)
+            .collect();
+        rng.shuffle(&mut pool);
+        for &i in pool.iter().take(want) {
+            units[i].fw = fleet::COHORT_FIRMWARE;
+            units[i].info.firmware_version = FIRMWARES[fleet::COHORT_FIRMWARE].version.to_string();
+            if rng.chance(c.rate) {
+                adapt(c.fault, &mut units[i]);
+                faults[i] = Some(c.fault);
+            }
+        }
+    }
+    if let Some(code) = cfg.site_fault {
+        let mut order: Vec<usize> = (0..sites).collect();
+        rng.shuffle(&mut order);
+        for s in order {
+            let members: Vec<usize> = (0..n).filter(|&i| units[i].site == s).collect();
+            if members.len() >= 2
+                && members
+                    .iter()
+                    .all(|&i| faults[i].is_none() && suits(code, &units[i]))
+            {
+                let onset = plan::choose_onset(&mut rng, code, start, end);
+                for &i in &members {
+                    faults[i] = Some(code);
+                    onsets[i] = Some(onset);
+                }
+                break;
+            }
+        }
+    }
+    (faults, onsets)
+}
+
+fn assign_faults(
+    cfg: &SimConfig,
+    units: &mut [Unit],
+    pre: Vec<Option<FaultCode>>,
+    rng: &mut Rng,
+) -> Vec<Option<FaultCode>> {
     let n = units.len();
     let mut order: Vec<usize> = (0..n).collect();
     rng.shuffle(&mut order);
-    let mut out: Vec<Option<FaultCode>> = vec![None; n];
+    let mut out = pre;
     for &code in &cfg.faults {
         let pick = order
             .iter()
@@ -443,7 +516,8 @@ impl Simulator {
         let end = start + cfg.duration_ms;
         let mut rng = Rng::stream(cfg.seed, STREAM_FLEET);
         let (sites, mut units) = fleet::build(cfg.devices, start, &cfg.device_prefix, &mut rng);
-        let faults = assign_faults(&cfg, &mut units, &mut rng);
+        let (pre, onsets) = assign_cohort_and_site(&cfg, &mut units, sites.len(), start, end);
+        let faults = assign_faults(&cfg, &mut units, pre, &mut rng);
         let upgrade = choose_upgrade(&cfg, &units, &faults, &mut rng);
         let plans: Vec<DevicePlan> = units
             .iter()
@@ -453,6 +527,7 @@ impl Simulator {
                     unit,
                     site: &sites[unit.site],
                     fault: faults[i],
+                    onset: onsets[i],
                     upgrade_at: upgrade.filter(|u| u.0 == i).map(|u| u.1),
                     start,
                     end,

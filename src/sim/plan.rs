@@ -671,6 +671,8 @@ pub(crate) struct PlanInput<'a> {
     pub(crate) unit: &'a Unit,
     pub(crate) site: &'a Site,
     pub(crate) fault: Option<FaultCode>,
+    /// The fault's onset when it is shared (a site-wide supply problem); drawn otherwise.
+    pub(crate) onset: Option<i64>,
     pub(crate) upgrade_at: Option<i64>,
     pub(crate) start: i64,
     pub(crate) end: i64,
@@ -683,6 +685,7 @@ pub(crate) fn plan_device(inp: PlanInput<'_>) -> DevicePlan {
         unit,
         site,
         fault,
+        onset,
         upgrade_at,
         start,
         end,
@@ -720,7 +723,10 @@ pub(crate) fn plan_device(inp: PlanInput<'_>) -> DevicePlan {
         setup.quiet.push((at - 10 * MIN, boot + 10 * MIN));
     }
     if let Some(code) = fault {
-        let onset = choose_onset(&mut b.rng, code, start, end);
+        let onset = match onset {
+            Some(t) => t,
+            None => choose_onset(&mut b.rng, code, start, end),
+        };
         inject(&mut b, &mut plan, &mut setup, code, onset, (start, end));
     }
     plan.sessions = schedule(&mut b, setup, start, end);
@@ -735,7 +741,7 @@ pub(crate) fn plan_device(inp: PlanInput<'_>) -> DevicePlan {
 }
 
 /// After a baseline stretch (15 % of the run, 10 min to 6 h), early enough to fit.
-fn choose_onset(rng: &mut Rng, code: FaultCode, start: i64, end: i64) -> i64 {
+pub(crate) fn choose_onset(rng: &mut Rng, code: FaultCode, start: i64, end: i64) -> i64 {
     let need = need_ms(code, end - start);
     let lead = ((end - start) * 15 / 100).clamp(10 * MIN, 6 * HOUR);
     let (lo, hi) = (start + lead, end - need);

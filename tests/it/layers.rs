@@ -11,8 +11,9 @@ fn layer(module: &str) -> Option<u8> {
         "store" | "source" | "registry" | "ingest" | "broker" => 3,
         "query" => 4,
         "rules" => 5,
-        "pipeline" => 6,
-        "cli" => 7,
+        "alerts" => 6,
+        "pipeline" => 7,
+        "cli" => 8,
         _ => return None,
     })
 }

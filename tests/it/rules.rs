@@ -252,6 +252,7 @@ fn live_evaluation_equals_history() {
         devices: Some(devices.clone()),
         interval_ms: 0,
         full_every_ms: u64::MAX,
+        alerts: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let clock: Arc<dyn wallscope::clock::Clock> = Arc::new(SystemClock);

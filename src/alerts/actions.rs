@@ -1,0 +1,182 @@
+//! Operator actions: acknowledgements and silences, in an append-only JSON Lines log
+//! (`alerts/actions.jsonl`). The CLI (and later the API) appends one line per action and
+//! fsyncs it; the engine re-reads the log before it assigns notifications, so an action
+//! taken while `run` is running applies at once, and every action survives restarts. A
+//! half-written last line (a crash mid-append) is skipped, never fatal.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::table::AlertRow;
+use crate::model::ALERT_ACTIONS_FILE;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Action {
+    /// Someone has taken the alert in hand. Shown by `alerts list`; changes no notification.
+    Ack {
+        alert_id: String,
+        by: String,
+        at_ms: i64,
+        #[serde(default)]
+        note: String,
+    },
+    /// No notifications for matching alerts between `from_ms` and `until_ms` (wall clock);
+    /// their transitions are still recorded, marked `silenced_by`.
+    Silence {
+        id: String,
+        #[serde(default)]
+        device: Option<String>,
+        /// A rule id or a fault code (`F07`).
+        #[serde(default)]
+        rule: Option<String>,
+        from_ms: i64,
+        until_ms: i64,
+        by: String,
+        reason: String,
+    },
+}
+
+impl Action {
+    pub fn at_ms(&self) -> i64 {
+        match self {
+            Action::Ack { at_ms, .. } => *at_ms,
+            Action::Silence { from_ms, .. } => *from_ms,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The log as read: the actions, and how many lines could not be read.
+#[derive(Debug, Clone, Default)]
+pub struct Actions {
+    pub list: Vec<Action>,
+    pub unreadable_lines: usize,
+}
+
+impl Actions {
+    /// The silence muting `row` at wall-clock `now_ms`, if any.
+    pub fn silence_for(&self, row: &AlertRow, now_ms: i64) -> Option<&str> {
+        self.list.iter().find_map(|a| match a {
+            Action::Silence {
+                id,
+                device,
+                rule,
+                from_ms,
+                until_ms,
+                ..
+            } if (*from_ms..*until_ms).contains(&now_ms)
+                && device
+                    .as_ref()
+                    .is_none_or(|d| row.device_id.as_ref() == Some(d) || &row.key == d)
+                && rule
+                    .as_ref()
+                    .is_none_or(|r| &row.rule == r || row.fault.as_ref() == Some(r)) =>
+            {
+                Some(id.as_str())
+            }
+            _ => None,
+        })
+    }
+
+    /// Acks of `alert_id`, oldest first.
+    pub fn acks_of<'a>(&'a self, alert_id: &'a str) -> impl Iterator<Item = &'a Action> + 'a {
+        self.list
+            .iter()
+            .filter(move |a| matches!(a, Action::Ack { alert_id: id, .. } if id == alert_id))
+    }
+}
+
+/// Reads the log (empty when there is none yet).
+pub fn load(dir: &Path) -> Result<Actions, ActionError> {
+    let path = dir.join(ALERT_ACTIONS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Actions::default()),
+        Err(source) => {
+            return Err(ActionError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mut out = Actions::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<Action>(line) {
+            Ok(a) => out.list.push(a),
+            Err(_) => out.unreadable_lines += 1,
+        }
+    }
+    Ok(out)
+}
+
+/// Appends one action and fsyncs it before returning.
+pub fn append(dir: &Path, action: &Action) -> Result<(), ActionError> {
+    let path = dir.join(ALERT_ACTIONS_FILE);
+    let io = |source| ActionError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        crate::store::files::create_dir_durable(parent)
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    }
+    let mut line = serde_json::to_string(action).map_err(|e| io(std::io::Error::other(e)))?;
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    // One write of a whole line: concurrent appenders (CLI and API) never interleave.
+    f.write_all(line.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::lifecycle::State;
+
+    #[test]
+    fn silences_match_device_and_rule_within_their_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Action::Silence {
+            id: "S1".into(),
+            device: Some("wc0001".into()),
+            rule: Some("F06".into()),
+            from_ms: 100,
+            until_ms: 200,
+            by: "ops".into(),
+            reason: "customer informed".into(),
+        };
+        append(dir.path(), &s).unwrap();
+        // A torn last line is skipped.
+        let p = dir.path().join(ALERT_ACTIONS_FILE);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"action\":\"ack\",\"al").unwrap();
+        let a = load(dir.path()).unwrap();
+        assert_eq!(a.list, vec![s]);
+        assert_eq!(a.unreadable_lines, 1);
+        let row = crate::alerts::table::tests_support::row("A1", State::Firing, 0);
+        assert_eq!(a.silence_for(&row, 150), Some("S1"));
+        assert_eq!(a.silence_for(&row, 250), None);
+        let other = AlertRow {
+            device_id: Some("wc0002".into()),
+            key: "wc0002".into(),
+            ..row
+        };
+        assert_eq!(a.silence_for(&other, 150), None);
+    }
+}
