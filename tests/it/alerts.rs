@@ -896,3 +896,74 @@ fn kill_9_during_firing_and_delivery_repeats_no_transition_and_loses_no_notifica
     let (_, batch) = evaluate(&copy, &s);
     assert_eq!(event_columns(&batch.rows), event_columns(&rows));
 }
+
+#[test]
+fn an_mqtt_sink_publishes_every_notification_with_qos_1() {
+    use crate::mqtt::{Ingester, TestBroker};
+    use std::sync::atomic::Ordering::Relaxed;
+    let d = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(&d.path().join("broker"));
+    let url = broker.url();
+    // The subscriber is `wallscope record` on the alert topic: it writes what arrives.
+    let out = d.path().join("alerts.jsonl");
+    let rec = Ingester::spawn_cmd(
+        &d.path().join("recdata"),
+        &[
+            "record",
+            "--broker",
+            &url,
+            "--topic",
+            "ops/alerts",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    rec.wait_log("subscribed with QoS 1", 1);
+    let rows = notification_rows(30);
+    let outbox = alerts::sink::notifications(&rows);
+    let cfg = alerts::sink::SinkConfig {
+        name: "mqtt".into(),
+        target: alerts::sink::Target::Mqtt {
+            broker: wallscope::ingest::BrokerUrl::parse(&url).unwrap().0,
+            topic: "ops/alerts".into(),
+            client_id: "alerts-test".into(),
+        },
+        max_backlog: 1000,
+        backoff_min_ms: 20,
+        backoff_max_ms: 200,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sink =
+        rt.block_on(async { alerts::sink::spawn(cfg, d.path(), outbox.clone(), false).unwrap() });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sink.metrics.delivered.load(Relaxed) < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not ack every notification"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    rt.block_on(sink.close(std::time::Duration::from_secs(1)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let keys = loop {
+        let keys: BTreeSet<String> = std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v["topic"], "ops/alerts");
+                v["payload"]["idempotency_key"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        if keys.len() >= 30 || std::time::Instant::now() > deadline {
+            break keys;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(rec.stop());
+    let want: BTreeSet<String> = outbox.iter().map(|n| n.id.clone()).collect();
+    assert_eq!(keys, want);
+}

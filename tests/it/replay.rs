@@ -263,7 +263,9 @@ fn a_capture_replayed_into_run_finds_what_diagnose_finds() {
         "the fleet should show several faults: {want:?}"
     );
 
-    // Paced (the original schedule, scaled) and as fast as the broker takes it.
+    // Paced (the original schedule, scaled) and as fast as the broker takes it; the alert
+    // transitions (their event-time columns) must come out the same too.
+    let mut alerts_by_speed = Vec::new();
     for speed in ["1000", "max"] {
         let broker = TestBroker::start(&d.path().join(format!("broker-{speed}")));
         let data = d.path().join(format!("data-{speed}"));
@@ -295,7 +297,32 @@ fn a_capture_replayed_into_run_finds_what_diagnose_finds() {
             want,
             "live findings at --speed {speed} differ from diagnose"
         );
+        let mut rows: Vec<(String, String, String, &'static str, i64, i64)> =
+            wallscope::alerts::table::load(&data)
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.alert_id,
+                        r.rule,
+                        r.key,
+                        r.state.as_str(),
+                        r.at_ms,
+                        r.started_ms,
+                    )
+                })
+                .collect();
+        rows.sort();
+        alerts_by_speed.push(rows);
     }
+    assert!(
+        !alerts_by_speed[0].is_empty(),
+        "the faulty fleet raises alerts"
+    );
+    assert_eq!(
+        alerts_by_speed[0], alerts_by_speed[1],
+        "alert transitions differ between --speed 1000 and max"
+    );
 }
 
 /// `--loop` passes follow each other in time: the second pass is the first moved on by the
