@@ -46,7 +46,7 @@ ingest() {
     mkdir -p "$data"
     cp "$tmp/devices.csv" "$data/devices.csv"
     printf '[alerts]\ngroup_wait_ms = 1000\n[[alerts.sinks]]\nname = "hook"\nkind = "webhook"\nurl = "http://127.0.0.1:%s/"\nbackoff_max_ms = 5000\n' "$hook" >"$data.toml"
-    "$bin" --data-dir "$data" run --broker "mqtt://127.0.0.1:$mq_port" --config "$data.toml" \
+    "$bin" -v --data-dir "$data" run --broker "mqtt://127.0.0.1:$mq_port" --config "$data.toml" \
         --client-id "bench-$(basename "$data")" --status-interval-s 0 >"$data.log" 2>&1 &
     local ws=$!
     until grep -q subscribed "$data.log" 2>/dev/null; do sleep 0.05; done
@@ -79,7 +79,7 @@ median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 # The outage: run again on the last "down" store with no new data while the receiver
 # stays down for down_s, then comes up; count what it gets against the table.
 data="$tmp/down3"
-"$bin" --data-dir "$data" run --broker "mqtt://127.0.0.1:$mq_port" --config "$data.toml" \
+"$bin" -v --data-dir "$data" run --broker "mqtt://127.0.0.1:$mq_port" --config "$data.toml" \
     --client-id "bench-down3" --status-interval-s 0 >>"$data.log" 2>&1 &
 ws=$!
 sleep "$down_s"
