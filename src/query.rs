@@ -103,19 +103,7 @@ pub fn set_devices(ctx: &SessionContext, devices: RecordBatch) -> Result<(), Que
 
 /// The stored findings (empty before the rule layer has run on this data directory).
 fn findings_table(snapshot: &Snapshot) -> Result<Arc<MemTable>, QueryError> {
-    let path = snapshot.dir.join(FINDINGS_FILE);
-    let batches = if path.is_file() {
-        crate::store::files::read_parquet(&path, None).map_err(|source| QueryError::Findings {
-            path: path.display().to_string(),
-            source,
-        })?
-    } else {
-        Vec::new()
-    };
-    Ok(Arc::new(MemTable::try_new(
-        findings_schema(),
-        vec![batches],
-    )?))
+    parquet_table(snapshot, FINDINGS_FILE, findings_schema())
 }
 
 /// A derived table stored as one Parquet file (empty while the file does not exist).

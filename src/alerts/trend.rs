@@ -162,13 +162,7 @@ pub fn parse(source: &str, text: &str) -> Result<TrendRule, Vec<Problem>> {
     }
     let mut params = BTreeMap::new();
     for (k, v) in &f.params {
-        let lit = match v {
-            toml::Value::Integer(i) => Some(i.to_string()),
-            toml::Value::Float(x) if x.is_finite() => Some(format!("{x:?}")),
-            toml::Value::Boolean(b) => Some(if *b { "TRUE" } else { "FALSE" }.into()),
-            toml::Value::String(s) => Some(format!("'{}'", s.replace('\'', "''"))),
-            _ => None,
-        };
+        let lit = crate::rules::spec::literal(v);
         match lit {
             Some(l) if !TICK_PARAMS.contains(&k.as_str()) => {
                 params.insert(k.clone(), l);

@@ -327,7 +327,8 @@ pub fn parse(source: &str, text: &str) -> Result<Rule, Vec<Problem>> {
     })
 }
 
-fn literal(v: &toml::Value) -> Option<String> {
+/// A `[params]` value as an SQL literal (numbers, quoted strings, booleans).
+pub(crate) fn literal(v: &toml::Value) -> Option<String> {
     match v {
         toml::Value::Integer(i) => Some(i.to_string()),
         toml::Value::Float(f) if f.is_finite() => Some(format!("{f:?}")),
