@@ -242,7 +242,9 @@ impl AlertRun {
             now_wall_ms,
             flush_all,
         };
-        let before = self.state.clone();
+        // On a failure the state goes back to what is on disk (the last stored evaluation):
+        // the next evaluation recomputes the same transitions and notification ids, and
+        // stores and sends them then. No copy of the state is kept per evaluation.
         let outcome = match self
             .state
             .evaluate(data_dir, &input, &self.cfg.settings)
@@ -250,7 +252,7 @@ impl AlertRun {
         {
             Ok(o) => o,
             Err(e) => {
-                self.state = before;
+                self.reload(data_dir);
                 metrics.rule_errors.inc();
                 tracing::error!(error = %e, "alert evaluation failed");
                 return;
@@ -268,27 +270,39 @@ impl AlertRun {
         if !changed {
             return;
         }
-        // The table is the outbox: it is durable before any sink sees a notification.
-        let state = self.state.clone();
+        // The table is the outbox: it is durable before any sink sees a notification. The
+        // state moves to the blocking task and back.
+        let state = std::mem::take(&mut self.state);
         let dir = data_dir.to_path_buf();
-        let saved = match tokio::task::spawn_blocking(move || state.save(&dir)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
+        let saved = match tokio::task::spawn_blocking(move || {
+            let r = state.save(&dir);
+            (state, r)
+        })
+        .await
+        {
+            Ok((state, r)) => {
+                self.state = state;
+                r.map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = saved {
-            // Forget this evaluation: the next one recomputes the same transitions and
-            // notification ids, and stores and sends them then.
-            self.state = before;
+            self.reload(data_dir);
             metrics.rule_errors.inc();
             tracing::error!(error = %e, "cannot store the alerts; the next evaluation retries");
             return;
         }
         if !outcome.notifications.is_empty() {
+            // Bodies only for the new notifications, not the whole history.
             let new: BTreeSet<&String> = outcome.notifications.iter().collect();
-            let ns: Vec<_> = crate::alerts::sink::notifications(&self.state.rows)
-                .into_iter()
-                .filter(|n| new.contains(&n.id))
+            let rows: Vec<crate::alerts::table::AlertRow> = self
+                .state
+                .rows
+                .iter()
+                .filter(|r| r.notification_id.as_ref().is_some_and(|n| new.contains(n)))
+                .cloned()
                 .collect();
+            let ns = crate::alerts::sink::notifications(&rows);
             for s in &self.sinks {
                 s.send(ns.clone());
             }
@@ -300,6 +314,14 @@ impl AlertRun {
                 firing = outcome.firing,
                 "alerts"
             );
+        }
+    }
+
+    /// Back to the last stored state (after a failed evaluation or store).
+    fn reload(&mut self, data_dir: &std::path::Path) {
+        match crate::alerts::AlertState::load(data_dir) {
+            Ok(s) => self.state = s,
+            Err(e) => tracing::error!(error = %e, "cannot re-read the stored alerts"),
         }
     }
 
