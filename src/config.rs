@@ -21,6 +21,33 @@ pub struct FileConfig {
     pub store: StoreFile,
     #[serde(default)]
     pub alerts: AlertsFile,
+    #[serde(default)]
+    pub serve: ServeFile,
+}
+
+/// `[serve]`: the HTTP API and dashboard (`serve`, `run --http`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    /// Address to listen on (default 127.0.0.1:8080; loopback unless you say otherwise).
+    pub listen: Option<String>,
+    /// Arrow Flight SQL address (off unless set).
+    pub flight_listen: Option<String>,
+    /// HTTPS: certificate chain and private key (PEM). Both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Rows `POST /api/v1/sql` returns at most.
+    pub sql_row_limit: Option<usize>,
+    pub query_memory_limit_mb: Option<usize>,
+    /// Disk one API query may spill to (sorts, aggregates) before it fails.
+    pub query_spill_limit_mb: Option<u64>,
+    pub query_timeout_s: Option<u64>,
+    pub max_concurrent_queries: Option<usize>,
+    pub max_concurrent_queries_per_token: Option<usize>,
+    pub query_threads: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    /// Failed authentications one address may make per minute before it gets 429.
+    pub max_auth_failures_per_min: Option<u32>,
 }
 
 /// `[alerts]`: how findings and trends become alerts and where notifications go.

@@ -3,9 +3,10 @@
 //! Modules follow the pipeline and depend only downwards (docs/ARCHITECTURE.md):
 //! layer 0 `model`, `clock`, `capture`; 1 `config`, `decode`, `sim`; 2 `batch`;
 //! 3 `store`, `source`, `registry`, `ingest` (MQTT), `broker` (embedded); 4 `query`;
-//! 5 `rules`; 6 `alerts`; 7 `pipeline`; 8 `cli`.
+//! 5 `rules`; 6 `alerts`; 7 `pipeline`; 8 `api` (HTTP); 9 `cli`.
 
 pub mod alerts;
+pub mod api;
 pub mod batch;
 pub mod broker;
 pub mod capture;

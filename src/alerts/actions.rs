@@ -55,6 +55,82 @@ pub enum ActionError {
         path: String,
         source: std::io::Error,
     },
+    /// An action a person asked for that cannot be taken as asked (the text says why).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no alert {0:?} here")]
+    UnknownAlert(String),
+}
+
+/// A silence as an operator asks for it (CLI `alerts silence`, API `POST /silences`).
+#[derive(Debug, Clone)]
+pub struct SilenceRequest {
+    pub device: Option<String>,
+    /// A rule id or a fault code.
+    pub rule: Option<String>,
+    pub for_ms: i64,
+    pub by: String,
+    pub reason: String,
+}
+
+/// Checks and records a silence starting at `now_ms`; returns what was stored.
+pub fn silence(dir: &Path, req: SilenceRequest, now_ms: i64) -> Result<Action, ActionError> {
+    if req.device.is_none() && req.rule.is_none() {
+        return Err(ActionError::Invalid(
+            "a silence needs a device, a rule or both (a silence of everything would hide the next real fault)".into(),
+        ));
+    }
+    if req.reason.trim().is_empty() {
+        return Err(ActionError::Invalid(
+            "a silence needs a reason (it is shown with every muted alert)".into(),
+        ));
+    }
+    if req.for_ms <= 0 {
+        return Err(ActionError::Invalid(
+            "a silence must last longer than zero".into(),
+        ));
+    }
+    let id = format!(
+        "S{}",
+        &super::alert_id(
+            req.rule.as_deref().unwrap_or(""),
+            req.device.as_deref().unwrap_or(""),
+            now_ms
+        )[1..]
+    );
+    let action = Action::Silence {
+        id,
+        device: req.device,
+        rule: req.rule,
+        from_ms: now_ms,
+        until_ms: now_ms.saturating_add(req.for_ms),
+        by: req.by,
+        reason: req.reason,
+    };
+    append(dir, &action)?;
+    Ok(action)
+}
+
+/// Records that `by` has taken alert `alert_id` in hand; the alert must exist in `rows`.
+pub fn ack(
+    dir: &Path,
+    rows: &[AlertRow],
+    alert_id: &str,
+    by: &str,
+    note: &str,
+    now_ms: i64,
+) -> Result<Action, ActionError> {
+    if !rows.iter().any(|r| r.alert_id == alert_id) {
+        return Err(ActionError::UnknownAlert(alert_id.into()));
+    }
+    let action = Action::Ack {
+        alert_id: alert_id.into(),
+        by: by.into(),
+        at_ms: now_ms,
+        note: note.into(),
+    };
+    append(dir, &action)?;
+    Ok(action)
 }
 
 /// The log as read: the actions, and how many lines could not be read.
@@ -136,8 +212,21 @@ pub fn append(dir: &Path, action: &Action) -> Result<(), ActionError> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .open(&path)
         .map_err(io)?;
+    // After a crash mid-append the log ends in a torn line: start on a fresh line, or this
+    // action would be glued to the fragment and lost with it.
+    let len = f.metadata().map_err(io)?.len();
+    if len > 0 {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1)).map_err(io)?;
+        f.read_exact(&mut last).map_err(io)?;
+        if last[0] != b'\n' {
+            line.insert(0, '\n');
+        }
+    }
     // One write of a whole line: concurrent appenders (CLI and API) never interleave.
     f.write_all(line.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
@@ -178,5 +267,53 @@ mod tests {
             ..row
         };
         assert_eq!(a.silence_for(&other, 150), None);
+        // The next action after the torn line is kept.
+        let ack = Action::Ack {
+            alert_id: "A1".into(),
+            by: "ops".into(),
+            at_ms: 300,
+            note: String::new(),
+        };
+        append(dir.path(), &ack).unwrap();
+        let a = load(dir.path()).unwrap();
+        assert_eq!(a.list.last(), Some(&ack));
+        assert_eq!(a.unreadable_lines, 1);
+    }
+
+    #[test]
+    fn silences_and_acks_are_checked_before_they_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = |device: Option<&str>, reason: &str, for_ms| SilenceRequest {
+            device: device.map(String::from),
+            rule: None,
+            for_ms,
+            by: "ops".into(),
+            reason: reason.into(),
+        };
+        for bad in [
+            req(None, "x", 1),
+            req(Some("wc1"), " ", 1),
+            req(Some("wc1"), "x", 0),
+        ] {
+            assert!(matches!(
+                silence(dir.path(), bad, 0),
+                Err(ActionError::Invalid(_))
+            ));
+        }
+        let s = silence(dir.path(), req(Some("wc1"), "customer told", 60_000), 1_000).unwrap();
+        assert!(matches!(
+            &s,
+            Action::Silence {
+                until_ms: 61_000,
+                ..
+            }
+        ));
+        let row = crate::alerts::table::tests_support::row("A1", State::Firing, 0);
+        assert!(matches!(
+            ack(dir.path(), std::slice::from_ref(&row), "A2", "ops", "", 5),
+            Err(ActionError::UnknownAlert(_))
+        ));
+        ack(dir.path(), &[row], "A1", "ops", "on it", 5).unwrap();
+        assert_eq!(load(dir.path()).unwrap().list.len(), 2);
     }
 }

@@ -177,8 +177,11 @@ impl SinkHandle {
     }
 }
 
+/// Directory (in the data directory) of the sinks' delivered logs.
+pub const SINKS_DIR: &str = "alerts/sinks";
+
 fn log_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join("alerts").join("sinks").join(format!("{name}.log"))
+    dir.join(SINKS_DIR).join(format!("{name}.log"))
 }
 
 /// The ids a sink's log records as done (delivered, dropped or rejected).

@@ -140,61 +140,32 @@ pub fn cmd_alerts(
         AlertsCommand::Show(a) => show(data_dir, a, clock),
         AlertsCommand::Ack(a) => {
             let rows = load_rows(data_dir)?;
-            if !rows.iter().any(|r| r.alert_id == a.id) {
-                bail!(
-                    "no alert {:?} in {}; `wallscope alerts list --all` shows the ids",
-                    a.id,
-                    data_dir.display()
-                );
-            }
             let by = whoami(a.by);
-            actions::append(
-                data_dir,
-                &Action::Ack {
-                    alert_id: a.id.clone(),
-                    by: by.clone(),
-                    at_ms: clock.now_ms(),
-                    note: a.note,
-                },
-            )?;
+            match actions::ack(data_dir, &rows, &a.id, &by, &a.note, clock.now_ms()) {
+                Err(actions::ActionError::UnknownAlert(id)) => bail!(
+                    "no alert {id:?} in {}; `wallscope alerts list --all` shows the ids",
+                    data_dir.display()
+                ),
+                other => other?,
+            };
             println!("acknowledged {} (by {by})", a.id);
             Ok(ExitCode::SUCCESS)
         }
         AlertsCommand::Silence(a) => {
-            if a.device.is_none() && a.rule.is_none() {
-                bail!(
-                    "a silence needs --device, --rule or both (a silence of everything would hide the next real fault)"
-                );
-            }
-            if a.reason.trim().is_empty() {
-                bail!("--reason must say why (it is shown with every muted alert)");
-            }
-            let dur = parse_duration_ms(&a.for_).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
-            if dur <= 0 {
-                bail!("--for must be longer than zero");
-            }
-            let now = clock.now_ms();
-            let id = format!(
-                "S{}",
-                &alerts::alert_id(
-                    a.rule.as_deref().unwrap_or(""),
-                    a.device.as_deref().unwrap_or(""),
-                    now
-                )[1..]
-            );
+            let for_ms = parse_duration_ms(&a.for_).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
             let by = whoami(a.by);
-            actions::append(
-                data_dir,
-                &Action::Silence {
-                    id: id.clone(),
-                    device: a.device.clone(),
-                    rule: a.rule.clone(),
-                    from_ms: now,
-                    until_ms: now + dur,
-                    by: by.clone(),
-                    reason: a.reason.clone(),
-                },
-            )?;
+            let req = actions::SilenceRequest {
+                device: a.device.clone(),
+                rule: a.rule.clone(),
+                for_ms,
+                by: by.clone(),
+                reason: a.reason.clone(),
+            };
+            let Action::Silence { id, until_ms, .. } =
+                actions::silence(data_dir, req, clock.now_ms())?
+            else {
+                unreachable!("silence() stores a silence")
+            };
             println!(
                 "silence {id}: {}{} muted until {} (by {by}: {})",
                 a.device
@@ -205,7 +176,7 @@ pub fn cmd_alerts(
                     .as_deref()
                     .map(|r| format!("{}rule {r}", if a.device.is_some() { ", " } else { "" }))
                     .unwrap_or_default(),
-                format_rfc3339_ms(now + dur),
+                format_rfc3339_ms(until_ms),
                 a.reason
             );
             Ok(ExitCode::SUCCESS)

@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// Findings only: no alerts, no notifications ([alerts] in --config sets them up).
     #[arg(long)]
     pub no_alerts: bool,
+    /// Also serve the console and API on ADDR (e.g. 127.0.0.1:8080); `[serve]` of --config
+    /// sets its limits and TLS.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
     /// Device registry for the rules (CSV or Parquet); default: devices.csv in the data
     /// directory.
     #[arg(long, value_name = "FILE")]
@@ -102,6 +106,10 @@ pub struct DemoArgs {
     pub duration: String,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// After the summary, keep serving the console on a loopback port (printed, with a
+    /// one-off operator token) until Ctrl-C.
+    #[arg(long)]
+    pub serve: bool,
 }
 
 /// The broker settings: defaults, then the config file's `[mqtt]`, then flags. Returns the
@@ -257,7 +265,7 @@ fn live_config(
 }
 
 /// Turns SIGINT/SIGTERM into `stop`; a second signal exits at once.
-pub(super) fn stop_on_signals(stop: watch::Sender<bool>) {
+pub(super) fn stop_on_signals(stop: watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -281,7 +289,7 @@ pub(super) fn stop_on_signals(stop: watch::Sender<bool>) {
                 std::process::exit(130);
             }
         }
-    });
+    })
 }
 
 /// Prints a status line every `every`, overwritten in place on a terminal; into a log
@@ -369,6 +377,25 @@ pub fn cmd_run(
             data_dir.display(),
             cfg.flush.max_age_ms
         );
+        let http = match a.http {
+            Some(addr) => {
+                let file = match &a.mqtt.config {
+                    Some(p) => FileConfig::load(p).map_err(anyhow::Error::msg)?,
+                    None => FileConfig::default(),
+                };
+                let sa = super::serve::ServeArgs {
+                    devices: a.devices.clone(),
+                    rules: a.rules.clone(),
+                    ..Default::default()
+                };
+                let cfg =
+                    super::serve::serve_config(data_dir, &sa, &file, Some(addr), clock.clone())?;
+                let server = crate::api::start(cfg).await?;
+                super::serve::print_banner(&server, None);
+                Some(server)
+            }
+            None => None,
+        };
         let metrics = Arc::new(IngestMetrics::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         stop_on_signals(stop_tx.clone());
@@ -381,6 +408,9 @@ pub fn cmd_run(
         let result = live::run(cfg, clock, metrics, stop_rx).await;
         let _ = stop_tx.send(true);
         let _ = status.await;
+        if let Some(s) = http {
+            s.stop().await?;
+        }
         let r = result?;
         print_run_summary(&r);
         Ok(ExitCode::SUCCESS)
@@ -519,7 +549,7 @@ pub fn cmd_demo(
     let report = rt.block_on(async move {
         let metrics = Arc::new(IngestMetrics::default());
         let (stop_tx, stop_rx) = watch::channel(false);
-        stop_on_signals(stop_tx.clone());
+        let signals = stop_on_signals(stop_tx.clone());
         let ingest = tokio::spawn(live::run(
             live_cfg,
             clock.clone(),
@@ -591,6 +621,8 @@ pub fn cmd_demo(
         let report = ingest
             .await
             .map_err(|e| anyhow::anyhow!("ingest task: {e}"))??;
+        // The ingest is over: Ctrl-C from here on belongs to `--serve`.
+        signals.abort();
         if report.metrics.rows_durable < published {
             bail!(
                 "only {} of {} published messages were ingested",
@@ -638,6 +670,32 @@ pub fn cmd_demo(
         "ground truth for the injected faults: {}",
         data_dir.join("demo-labels.csv").display()
     );
+    if !a.serve {
+        println!("open the console (dashboard, API, metrics):");
+        println!("  wallscope --data-dir {dir} token create --name me --role operator");
+        println!("  wallscope --data-dir {dir} serve --listen 127.0.0.1:8080");
+        println!("  (or run the demo with --serve)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A one-off operator token, in memory only: it dies with this process.
+    let token = crate::api::auth::generate()?;
+    let mut cfg = super::serve::serve_config(
+        data_dir,
+        &super::serve::ServeArgs::default(),
+        &FileConfig::default(),
+        Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        wall,
+    )?;
+    cfg.extra_tokens
+        .add_ephemeral("demo", crate::api::Role::Operator, &token);
+    rt.block_on(async move {
+        let server = crate::api::start(cfg).await?;
+        super::serve::print_banner(&server, Some(&token));
+        println!("serving until Ctrl-C");
+        super::serve::until_signal().await;
+        server.stop().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -24,6 +24,7 @@ mod alerts;
 mod diagnose;
 mod live;
 mod replay;
+mod serve;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -88,6 +89,11 @@ pub enum Command {
     Alerts(alerts::AlertsCommand),
     /// Forecast new fault episodes per day, per fault and per owner, with a back-test.
     Forecast(alerts::ForecastArgs),
+    /// Serve the specialist console: dashboard, HTTP API (/api/v1), /metrics, /healthz.
+    Serve(serve::ServeArgs),
+    /// Create, list or revoke API tokens (only their hashes are stored).
+    #[command(subcommand)]
+    Token(serve::TokenCommand),
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +183,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(a) => replay::cmd_export(&cli.data_dir, a, &rt),
         Command::Alerts(c) => alerts::cmd_alerts(&cli.data_dir, c, clock, &rt),
         Command::Forecast(a) => alerts::cmd_forecast(&cli.data_dir, a, &rt),
+        Command::Serve(a) => serve::cmd_serve(&cli.data_dir, a, clock, &rt),
+        Command::Token(c) => serve::cmd_token(&cli.data_dir, c, clock),
     }
 }
 

@@ -36,7 +36,9 @@ use tokio::sync::{mpsc, watch};
 use crate::clock::Clock;
 use crate::model::Message;
 
-pub use metrics::{IngestMetrics, MetricsSnapshot, STATUS_FILE, read_status, write_status};
+pub use metrics::{
+    Counter, IngestMetrics, MetricsSnapshot, STATUS_FILE, read_status, write_status,
+};
 pub use settings::{BrokerUrl, MqttConfig, Secret, default_client_id};
 
 /// Errors that end the source (everything else is retried).

@@ -19,7 +19,7 @@ use crate::store::Snapshot;
 
 const DAY_MS: i64 = 86_400_000;
 /// Silence longer than this makes a device offline (the F00 rule's default).
-const OFFLINE_AFTER_MS: i64 = 20 * 60_000;
+pub const OFFLINE_AFTER_MS: i64 = 20 * 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -39,6 +39,23 @@ impl Status {
         }
     }
 }
+
+/// A device's status as of `now_ms` (the store's newest telemetry): offline after
+/// [`OFFLINE_AFTER_MS`] of silence, else by the worst finding active in the last 24 h.
+pub fn status_of(now_ms: i64, last_seen_ms: i64, worst: Option<Severity>) -> Status {
+    if now_ms - last_seen_ms >= OFFLINE_AFTER_MS {
+        Status::Offline
+    } else if worst >= Some(Severity::Major) {
+        Status::Faulted
+    } else if worst >= Some(Severity::Minor) {
+        Status::Degraded
+    } else {
+        Status::Ok
+    }
+}
+
+/// How far back a finding counts as active in a status.
+pub const ACTIVE_WITHIN_MS: i64 = DAY_MS;
 
 /// One latest reading against its normal range.
 #[derive(Debug, Clone)]
@@ -188,17 +205,8 @@ pub async fn report(
     sort_for_people(&mut findings);
     let (active, earlier): (Vec<Finding>, Vec<Finding>) = findings
         .into_iter()
-        .partition(|f| f.last_ms >= now - DAY_MS);
-    let worst = active.iter().map(|f| f.severity).max();
-    let status = if now - last_seen >= OFFLINE_AFTER_MS {
-        Status::Offline
-    } else if worst >= Some(Severity::Major) {
-        Status::Faulted
-    } else if worst >= Some(Severity::Minor) {
-        Status::Degraded
-    } else {
-        Status::Ok
-    };
+        .partition(|f| f.last_ms >= now - ACTIVE_WITHIN_MS);
+    let status = status_of(now, last_seen, active.iter().map(|f| f.severity).max());
 
     let mut identity = Vec::new();
     if let Some(v) = latest_row(ctx, "version").await? {

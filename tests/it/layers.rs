@@ -13,7 +13,8 @@ fn layer(module: &str) -> Option<u8> {
         "rules" => 5,
         "alerts" => 6,
         "pipeline" => 7,
-        "cli" => 8,
+        "api" => 8,
+        "cli" => 9,
         _ => return None,
     })
 }

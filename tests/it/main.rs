@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod alerts;
+mod api;
+mod browser;
 mod cli;
 mod harness;
 mod layers;

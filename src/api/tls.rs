@@ -1,0 +1,99 @@
+//! HTTPS for the API: rustls (ring provider, as the MQTT client) in front of the same router.
+//! `axum::serve` speaks plain TCP only, so TLS connections are accepted here and handed to
+//! hyper one by one; a failed handshake costs that connection only.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::Service;
+
+use super::{ServeError, TlsFiles};
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: cannot read the certificate chain: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A TLS acceptor for the configured certificate and key.
+pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    let chain = certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    let mut cfg = cfg;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Accepts TLS connections until `stop` fires; connections in flight finish on their own.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), ServeError> {
+    let mut make = router.into_make_service_with_connect_info::<SocketAddr>();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let svc = match make.call(peer).await {
+            Ok(s) => s,
+            Err(never) => match never {},
+        };
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let hyper_svc = hyper_util::service::TowerToHyperService::new(svc);
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), hyper_svc)
+                .await
+            {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}
