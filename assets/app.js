@@ -75,7 +75,7 @@
   }
 
   // ---- fleet page --------------------------------------------------------------------
-  const fleetView = { status: "", sort: "status", order: "desc" };
+  const fleetView = { status: "", sort: "status", order: "desc", afterEval: false };
 
   async function fleetPage() {
     state.device = null;
@@ -85,6 +85,14 @@
     ]);
     $("#asof").textContent = sum.as_of ? "as of " + sum.as_of : "no telemetry yet";
     main.innerHTML = "";
+    // While the server evaluates the rules over a freshly imported store, look again every
+    // 2 s, and once more after it is done (a list cached just before may still be served).
+    const evaluating = sum.findings_source === "evaluating";
+    if (evaluating) main.appendChild(el("div", { class: "card muted", id: "evaluating" }, "Evaluating the rules over the store… statuses follow in a moment."));
+    if (evaluating || fleetView.afterEval) {
+      fleetView.afterEval = evaluating;
+      setTimeout(() => { if (!location.hash.startsWith("#/device/")) fleetPage().catch(error); }, 2000);
+    }
     const tiles = el("div", { class: "tiles", id: "status-tiles" });
     tiles.appendChild(el("div", { class: "tile", onclick: () => { fleetView.status = ""; fleetPage().catch(error); } }, el("b", {}, sum.devices), "chargers"));
     for (const s of ["ok", "degraded", "faulted", "offline"]) {
@@ -99,7 +107,7 @@
     main.appendChild(trendCard);
     const faults = Object.keys(sum.fault_trend.series);
     if (faults.length === 0) {
-      trendBox.appendChild(el("p", { class: "muted" }, "No findings stored yet (run `wallscope run` or `wallscope diagnose --store`)."));
+      trendBox.appendChild(el("p", { class: "muted" }, "No findings yet: `wallscope run` records them live, `serve` evaluates a store that has none."));
     } else {
       const xs = sum.fault_trend.days.map((d) => Date.parse(d + "T00:00:00Z") / 1000);
       const data = [xs, ...faults.map((f) => sum.fault_trend.series[f])];

@@ -366,7 +366,7 @@ pub(crate) fn alert_summaries(rows: &[AlertRow], acts: &actions::Actions) -> Vec
             (last.at_ms, v)
         })
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|b| std::cmp::Reverse(b.0));
     out.into_iter().map(|(_, v)| v).collect()
 }
 
@@ -500,8 +500,21 @@ pub(crate) async fn summary(
         .iter()
         .filter(|a| a["kind"] == "trend" && (a["state"] == "firing" || a["state"] == "pending"))
         .collect();
+    let evaluated = app
+        .evaluated
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_some();
+    let findings_source = if app.evaluating.load(std::sync::atomic::Ordering::Relaxed) {
+        "evaluating"
+    } else if evaluated {
+        "stored and evaluated at start"
+    } else {
+        "stored"
+    };
     Ok(Json(json!({
         "as_of": f.now_ms.map(format_rfc3339_ms),
+        "findings_source": findings_source,
         "devices": f.devices.len(),
         "status": counts,
         "active_alerts": active.len(),

@@ -320,7 +320,7 @@ impl FlightSqlService for Svc {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request)?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         Ok(Response::new(info(
             &schema,
             query.as_any().encode_to_vec(),

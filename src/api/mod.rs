@@ -457,6 +457,8 @@ pub struct App {
     pub(crate) started_ms: i64,
     /// Findings of the evaluation at start (see [`ServeConfig::evaluate_at_start`]).
     pub(crate) evaluated: Mutex<Option<Arc<Vec<crate::rules::Finding>>>>,
+    /// Whether that evaluation is still running (the fleet page says so and polls).
+    pub(crate) evaluating: std::sync::atomic::AtomicBool,
 }
 
 /// The token file as last read, and when it was last checked for changes.
@@ -833,10 +835,12 @@ async fn evaluate_at_start(app: Arc<App>) {
             );
             *app.evaluated.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(Arc::new(eval.findings));
-            app.cache.clear();
         }
         Err(e) => eprintln!("rule evaluation at start failed: {e}"),
     }
+    app.evaluating
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    app.cache.clear();
 }
 
 /// A running server: its address, and how to stop it.
@@ -949,8 +953,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
         cache: Default::default(),
         started_ms,
         evaluated: Mutex::new(None),
+        evaluating: std::sync::atomic::AtomicBool::new(false),
     });
     if cfg.evaluate_at_start && findings_are_stale(&app.data_dir) {
+        app.evaluating
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let a = app.clone();
         app.pool.spawn(async move { evaluate_at_start(a).await });
     }

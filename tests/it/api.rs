@@ -801,34 +801,66 @@ fn serves_over_https() {
 #[test]
 fn serve_refuses_bad_setups_with_one_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = run(&tmp.path().join("missing"), &["serve"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     let data = tmp.path().join("data");
     import_real(&data);
     let missing = tmp.path().join("nope.pem");
-    let o = run(
-        &data,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            missing.to_str().unwrap(),
-            "--tls-key",
-            missing.to_str().unwrap(),
-        ],
-    );
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("nope.pem"), "{}", stderr(&o));
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "[serve]\nquery_timeout_s = 0\n").unwrap();
-    let o = run(&data, &["serve", "--config", bad.to_str().unwrap()]);
-    assert!(stderr(&o).contains("query_timeout_s"), "{}", stderr(&o));
-    let o = run(&data, &["token", "create", "--name", "bad name"]);
-    assert!(!o.status.success());
-    for o in [o] {
-        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let typo = tmp.path().join("typo.toml");
+    std::fs::write(&typo, "[serve]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
+    let nope = tmp.path().join("missing");
+    let (m, b, t) = (
+        missing.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        typo.to_str().unwrap(),
+    );
+    // (data directory, arguments, what the one line must name)
+    let cases: Vec<(&Path, Vec<&str>, &str)> = vec![
+        (&nope, vec!["serve"], "does not exist"),
+        (
+            &data,
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                m,
+                "--tls-key",
+                m,
+            ],
+            "nope.pem",
+        ),
+        (&data, vec!["serve", "--config", b], "query_timeout_s"),
+        (&data, vec!["serve", "--config", t], "listen_addr"),
+        (
+            &data,
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--flight-listen",
+                "256.0.0.1:1",
+            ],
+            "flight-listen",
+        ),
+        (
+            &data,
+            vec!["token", "create", "--name", "bad name"],
+            "token name",
+        ),
+        (&data, vec!["token", "revoke", "nobody"], "no token named"),
+    ];
+    for (dir, args, needle) in cases {
+        let o = run(dir, &args);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        // One line that says what is wrong (clap adds its "try --help" hint).
+        let lines = err
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("try '--help'"));
+        assert_eq!(lines.count(), 1, "{args:?}: not one clear line: {err}");
     }
 }
 

@@ -242,6 +242,12 @@ fn the_device_page_shows_plots_the_f01_finding_and_zooms() {
         "return document.querySelectorAll('#devices tbody tr').length",
         |v| v.as_u64() == Some(4),
     );
+    // The server evaluates the rules over the imported store at start; the page follows.
+    d.wait_for(
+        "the F01 charger counted as faulted",
+        "const t = document.querySelector('.tile.faulted[data-status=\"faulted\"] b'); return t ? +t.textContent : -1",
+        |v| v.as_i64() == Some(1),
+    );
     let hash = d.js("return location.hash");
     assert!(!hash.as_str().unwrap().contains("token"), "{hash}");
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
