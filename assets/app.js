@@ -191,6 +191,9 @@
       controls.appendChild(el("button", { onclick: () => zoomTo(state.last + 1 - ms, state.last + 1) }, label));
     }
     controls.appendChild(el("button", { onclick: () => { const span = state.to - state.from; zoomTo(state.from - span / 2, Math.min(state.last + 1, state.to + span / 2)); } }, "zoom out"));
+    // Pan by half the view; never past the newest data.
+    controls.appendChild(el("button", { title: "earlier", onclick: () => { const h = (state.to - state.from) / 2; zoomTo(state.from - h, state.to - h); } }, "◀"));
+    controls.appendChild(el("button", { title: "later", onclick: () => { const span = state.to - state.from; const to = Math.min(state.last + 1, state.to + span / 2); zoomTo(to - span, to); } }, "▶"));
     controls.appendChild(el("span", { id: "range", class: "muted" }));
     controls.appendChild(el("button", { id: "export", onclick: exportRange }, "export range as case"));
     controls.appendChild(el("span", { class: "legend-note" }, "drag across a plot to zoom"));

@@ -48,6 +48,21 @@ pub struct ServeFile {
     pub max_body_bytes: Option<usize>,
     /// Failed authentications one address may make per minute before it gets 429.
     pub max_auth_failures_per_min: Option<u32>,
+    /// Tokens besides `api-tokens.json` (`token create`), given by their SHA-256 so the
+    /// config holds nothing usable: `printf %s "$TOKEN" | sha256sum`.
+    #[serde(default)]
+    pub tokens: Vec<TokenFile>,
+}
+
+/// `[[serve.tokens]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    pub name: String,
+    /// `read` or `operator`.
+    pub role: String,
+    /// SHA-256 of the token, hex.
+    pub sha256: String,
 }
 
 /// `[alerts]`: how findings and trends become alerts and where notifications go.

@@ -143,6 +143,21 @@ impl Tokens {
         Ok(())
     }
 
+    /// Accepts the token whose SHA-256 is `sha256_hex` (a config file's `[[serve.tokens]]`).
+    pub fn add_hashed(
+        &mut self,
+        name: &str,
+        role: Role,
+        sha256_hex: &str,
+    ) -> Result<(), AuthError> {
+        self.push(TokenEntry {
+            name: name.into(),
+            role,
+            sha256: sha256_hex.trim().to_lowercase(),
+            created_at: String::new(),
+        })
+    }
+
     /// Accepts `token` in memory only (demo).
     pub fn add_ephemeral(&mut self, name: &str, role: Role, token: &str) {
         let d = digest(token);
@@ -295,9 +310,13 @@ impl FailureBrake {
     pub fn failed(&self, ip: IpAddr, now_ms: i64) {
         let mut m = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         let win = now_ms / 60_000;
-        // Old windows go, so the map stays as small as the set of recent offenders.
+        // Old windows go, so the map stays as small as the set of recent offenders; past
+        // that (a flood from many addresses) it starts over rather than grow.
         if m.len() > 10_000 {
             m.retain(|_, (w, _)| *w == win);
+            if m.len() > 10_000 {
+                m.clear();
+            }
         }
         let e = m.entry(ip).or_insert((win, 0));
         if e.0 != win {

@@ -83,16 +83,53 @@ async fn last_seen(app: &Arc<App>, caller: &Caller, id: &str) -> Result<i64, Api
     seen.ok_or_else(|| ApiError::NotFound(format!("no telemetry for device {id:?}")))
 }
 
-/// `[from, to)` from the parameters: default the last 24 h of the device's data.
-fn range(q: &HashMap<String, String>, last_ms: i64) -> Result<(i64, i64), ApiError> {
-    let to = time_param("to", q.get("to"))?.unwrap_or(last_ms + 1);
-    let from = time_param("from", q.get("from"))?.unwrap_or(to - DAY_MS);
+/// Times the API accepts: years 1 to 9999 (keeps every difference far from overflow).
+const MIN_MS: i64 = -62_135_596_800_000;
+const MAX_MS: i64 = 253_402_300_799_999;
+
+/// The `from`/`to` parameters as given (checked before the device is looked up, so a bad
+/// parameter is a 400 whether or not the device exists).
+struct RangeParams {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+fn range_params(q: &HashMap<String, String>) -> Result<RangeParams, ApiError> {
+    let one = |name: &str| -> Result<Option<i64>, ApiError> {
+        let v = time_param(name, q.get(name))?;
+        if v.is_some_and(|ms| !(MIN_MS..=MAX_MS).contains(&ms)) {
+            return Err(ApiError::param(
+                name,
+                "must be between the years 1 and 9999",
+            ));
+        }
+        Ok(v)
+    };
+    let r = RangeParams {
+        from: one("from")?,
+        to: one("to")?,
+    };
+    if let (Some(f), Some(t)) = (r.from, r.to) {
+        check_span(f, t)?;
+    }
+    Ok(r)
+}
+
+fn check_span(from: i64, to: i64) -> Result<(), ApiError> {
     if from >= to {
         return Err(ApiError::param("from", "must be before to"));
     }
     if to - from > 400 * DAY_MS {
         return Err(ApiError::param("from", "a range is at most 400 days"));
     }
+    Ok(())
+}
+
+/// `[from, to)`: what was asked, else the last 24 h of the device's data.
+fn range(p: &RangeParams, last_ms: i64) -> Result<(i64, i64), ApiError> {
+    let to = p.to.unwrap_or(last_ms.saturating_add(1));
+    let from = p.from.unwrap_or(to.saturating_sub(DAY_MS));
+    check_span(from, to)?;
     Ok((from, to))
 }
 
@@ -234,8 +271,11 @@ fn fields_param(v: Option<&String>) -> Result<Vec<(&'static str, FieldKind)>, Ap
         Some(s) => s.split(',').map(str::trim).collect(),
         None => DEFAULT_FIELDS.to_vec(),
     };
-    let mut out = Vec::new();
+    let mut out: Vec<(&'static str, FieldKind)> = Vec::new();
     for n in names {
+        if out.iter().any(|(name, _)| *name == n) {
+            continue;
+        }
         let Some(f) = VITALS.iter().find(|f| f.name == n) else {
             return Err(ApiError::param(
                 "fields",
@@ -287,8 +327,9 @@ pub(crate) async fn vitals(
     known_params(&q, &["from", "to", "points", "fields"])?;
     let points = usize_param("points", q.get("points"), 1000, 10..=20_000)?;
     let fields = fields_param(q.get("fields"))?;
+    let rp = range_params(&q)?;
     let last = last_seen(&app, &caller, &id).await?;
-    let (from, to) = range(&q, last)?;
+    let (from, to) = range(&rp, last)?;
     let bucket_ms = ((to - from) as f64 / points as f64).ceil().max(1.0) as i64;
     let a = app.clone();
     let device = id.clone();
@@ -355,8 +396,9 @@ pub(crate) async fn timeline(
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     known_params(&q, &["from", "to"])?;
+    let rp = range_params(&q)?;
     let last = last_seen(&app, &caller, &id).await?;
-    let (from, to) = range(&q, last)?;
+    let (from, to) = range(&rp, last)?;
     const MAX_CHANGES: usize = 20_000;
     let a = app.clone();
     let device = id.clone();
@@ -417,8 +459,9 @@ pub(crate) async fn findings(
     Query(q): Params,
 ) -> Result<Json<Value>, ApiError> {
     known_params(&q, &["from", "to"])?;
+    let rp = range_params(&q)?;
     let last = last_seen(&app, &caller, &id).await?;
-    let (from, to) = range(&q, last)?;
+    let (from, to) = range(&rp, last)?;
     let a = app.clone();
     let device = id.clone();
     let found = app
@@ -476,14 +519,15 @@ pub(crate) async fn export(
     Query(q): Params,
 ) -> Result<Response, ApiError> {
     known_params(&q, &["from", "to"])?;
+    let rp = range_params(&q)?;
     let last = last_seen(&app, &caller, &id).await?;
-    let (from, to) = range(&q, last)?;
+    let (from, to) = range(&rp, last)?;
     let a = app.clone();
     let device = id.clone();
     let bytes = app
         .run(&caller, async move {
-            let tmp = tempdir().map_err(|e| ApiError::Internal(format!("export: {e}")))?;
-            let out = tmp.join("case.jsonl");
+            let tmp = ScratchDir::new().map_err(|e| ApiError::Internal(format!("export: {e}")))?;
+            let out = tmp.0.join("case.jsonl");
             let snap = a.snapshot()?;
             let spec = crate::pipeline::export::ExportSpec {
                 device,
@@ -491,12 +535,10 @@ pub(crate) async fn export(
                 until_ms: Some(to),
                 out: out.clone(),
             };
-            let r = crate::pipeline::export::export(&snap, &a.pack, &spec).await;
-            let bytes = r
-                .map_err(|e| ApiError::Internal(e.to_string()))
-                .and_then(|_| std::fs::read(&out).map_err(|e| ApiError::Internal(e.to_string())));
-            let _ = std::fs::remove_dir_all(&tmp);
-            bytes
+            crate::pipeline::export::export(&snap, &a.pack, &spec, &a.query_config())
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            std::fs::read(&out).map_err(|e| ApiError::Internal(e.to_string()))
         })
         .await?;
     let name = format!(
@@ -520,12 +562,23 @@ pub(crate) async fn export(
         .into_response())
 }
 
-/// A private scratch directory for one export (outside the data directory).
-fn tempdir() -> std::io::Result<std::path::PathBuf> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let p = std::env::temp_dir().join(format!("wallscope-export-{name}"));
-    std::fs::create_dir(&p)?;
-    Ok(p)
+/// A private scratch directory for one export (outside the data directory), removed when
+/// dropped — also when the request is cancelled mid-export.
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn new() -> std::io::Result<ScratchDir> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let p = std::env::temp_dir().join(format!("wallscope-export-{name}"));
+        std::fs::create_dir(&p)?;
+        Ok(ScratchDir(p))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -32,8 +32,12 @@ type Params = Query<HashMap<String, String>>;
 const FLEET_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Answers computed once and shared: kept per key, served stale while one refresh runs.
+/// A [`Cache::clear`] bumps the generation, so an answer computed from before it is not
+/// stored after it. Cold misses are not de-duplicated: concurrent first requests for one
+/// key each compute it (under their own query slots).
 pub(crate) struct Cache<T> {
     map: Mutex<HashMap<String, Entry<T>>>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 struct Entry<T> {
@@ -46,6 +50,7 @@ impl<T> Default for Cache<T> {
     fn default() -> Self {
         Cache {
             map: Mutex::new(HashMap::new()),
+            generation: Default::default(),
         }
     }
 }
@@ -61,16 +66,8 @@ pub(crate) struct Caches {
 impl Caches {
     /// Forgets every cached answer (new findings change statuses).
     pub(crate) fn clear(&self) {
-        self.fleet
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        self.health
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.fleet.clear();
+        self.health.clear();
     }
 }
 
@@ -78,6 +75,31 @@ impl Caches {
 const MAX_ENTRIES: usize = 20_000;
 
 impl<T: Send + Sync + 'static> Cache<T> {
+    fn clear(&self) {
+        use std::sync::atomic::Ordering;
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        m.clear();
+    }
+
+    fn store(&self, key: String, value: Arc<T>, generation: u64) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return;
+        }
+        if m.len() >= MAX_ENTRIES {
+            m.clear();
+        }
+        m.insert(
+            key,
+            Entry {
+                at: Instant::now(),
+                value,
+                refreshing: false,
+            },
+        );
+    }
+
     /// The value for `key`: fresh, or stale while one background refresh runs, or computed
     /// now (under the caller's query slots and timeout) when there is none.
     pub(crate) async fn get<F, Fut>(
@@ -92,8 +114,10 @@ impl<T: Send + Sync + 'static> Cache<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, ApiError>> + Send + 'static,
     {
+        let cache = pick(app);
+        let generation = cache.generation.load(std::sync::atomic::Ordering::SeqCst);
         {
-            let mut m = pick(app).map.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = cache.map.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(e) = m.get_mut(key) {
                 if e.at.elapsed() < max_age || e.refreshing {
                     return Ok(e.value.clone());
@@ -105,21 +129,17 @@ impl<T: Send + Sync + 'static> Cache<T> {
                 let key = key.to_string();
                 let timeout = Duration::from_millis(app.limits.query_timeout_ms);
                 app.pool.spawn(async move {
-                    let r = tokio::time::timeout(timeout, fut).await;
-                    let mut m = pick(&app2).map.lock().unwrap_or_else(|p| p.into_inner());
+                    use futures::FutureExt;
+                    // A panic or an error keeps the old answer and lets the next request
+                    // try again; it must never leave `refreshing` set.
+                    let r = std::panic::AssertUnwindSafe(tokio::time::timeout(timeout, fut))
+                        .catch_unwind()
+                        .await;
+                    let cache = pick(&app2);
                     match r {
-                        Ok(Ok(v)) => {
-                            m.insert(
-                                key,
-                                Entry {
-                                    at: Instant::now(),
-                                    value: Arc::new(v),
-                                    refreshing: false,
-                                },
-                            );
-                        }
+                        Ok(Ok(Ok(v))) => cache.store(key, Arc::new(v), generation),
                         _ => {
-                            // Keep serving the old answer; the next request tries again.
+                            let mut m = cache.map.lock().unwrap_or_else(|p| p.into_inner());
                             if let Some(e) = m.get_mut(&key) {
                                 e.refreshing = false;
                             }
@@ -130,18 +150,7 @@ impl<T: Send + Sync + 'static> Cache<T> {
             }
         }
         let v = Arc::new(app.run(caller, make()).await?);
-        let mut m = pick(app).map.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() >= MAX_ENTRIES {
-            m.clear();
-        }
-        m.insert(
-            key.to_string(),
-            Entry {
-                at: Instant::now(),
-                value: v.clone(),
-                refreshing: false,
-            },
-        );
+        cache.store(key.to_string(), v.clone(), generation);
         Ok(v)
     }
 }

@@ -69,9 +69,9 @@ impl Svc {
     #[allow(clippy::result_large_err)]
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let now = self.app.clock.now_ms();
-        let ip = req.remote_addr().map(|a| a.ip());
-        if let Some(ip) = ip
-            && self.app.brake.blocked(ip, now)
+        let key = req.remote_addr().map(|a| super::brake_key(a.ip()));
+        if let Some(k) = key
+            && self.app.brake.blocked(k, now)
         {
             self.app.metrics.auth_failures.inc();
             return Err(Status::resource_exhausted(
@@ -85,11 +85,13 @@ impl Svc {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim());
-        match token.and_then(|t| self.app.check_token(t)) {
-            Some(c) => Ok(c),
-            None => {
-                if let Some(ip) = ip {
-                    self.app.brake.failed(ip, now);
+        let found = token.and_then(|t| self.app.check_token(t));
+        match (token, found) {
+            (_, Some(c)) => Ok(c),
+            (given, None) => {
+                // Only a wrong token is a guess; a missing one is just refused.
+                if let (Some(_), Some(k)) = (given, key) {
+                    self.app.brake.failed(k, now);
                 }
                 self.app.metrics.auth_failures.inc();
                 Err(Status::unauthenticated(
@@ -99,19 +101,23 @@ impl Svc {
         }
     }
 
-    /// Plans `sql` (refusing anything but a query) and returns its result schema.
+    /// Plans `sql` (refusing anything but a query) and returns its result schema. A plan
+    /// that fails is counted (refused or failed); one that succeeds is counted when it runs.
     async fn plan(&self, caller: &Caller, sql: String) -> Result<Arc<Schema>, Status> {
         let app = self.app.clone();
         let r = self
             .app
             .run(caller, async move {
                 let snap = app.snapshot()?;
-                let ctx = crate::query::session(&snap, &app.query_config())?;
+                let ctx = app.user_session(&snap)?;
                 let plan = crate::query::plan_readonly(&ctx, &sql).await?;
                 Ok(Arc::new(plan.schema().as_arrow().clone()))
             })
             .await;
-        self.count(r)
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => self.count(Err(e)),
+        }
     }
 
     async fn execute(&self, caller: &Caller, sql: String) -> Result<Stream_, Status> {
@@ -121,7 +127,7 @@ impl Svc {
             .app
             .run(caller, async move {
                 let snap = app.snapshot()?;
-                let ctx = crate::query::session(&snap, &app.query_config())?;
+                let ctx = app.user_session(&snap)?;
                 Ok(crate::query::run_limited(&ctx, &sql, limit, 256 << 20).await?)
             })
             .await;

@@ -208,7 +208,7 @@ pub(crate) async fn handler(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let snap = app.snapshot()?;
+    let snap = app.snapshot_blocking().await?;
     let fleet = super::fleet::fleet(&app, &caller).await?;
     let dead = dead_letters(&app, &caller).await?;
     let now = app.clock.now_ms();

@@ -234,7 +234,10 @@ pub(crate) fn datafusion_error(e: datafusion::error::DataFusionError) -> ApiErro
         | D::Plan(_)
         | D::SchemaError(..)
         | D::NotImplemented(_)
-        | D::Configuration(_) => ApiError::param("sql", e.to_string()),
+        | D::Configuration(_)
+        // Division by zero, a bad cast of a value: the query's fault, found while running.
+        | D::ArrowError(..)
+        | D::Execution(_) => ApiError::param("sql", e.to_string()),
         _ => ApiError::Internal(e.to_string()),
     }
 }
@@ -461,6 +464,16 @@ pub struct App {
     pub(crate) evaluating: std::sync::atomic::AtomicBool,
 }
 
+/// Scalar functions left out of sessions for user SQL (see [`App::user_session`]).
+const UNBOUNDED_FUNCTIONS: &[&str] = &[
+    "range",
+    "generate_series",
+    "array_repeat",
+    "repeat",
+    "lpad",
+    "rpad",
+];
+
 /// The token file as last read, and when it was last checked for changes.
 struct FileTokens {
     checked: Instant,
@@ -533,6 +546,14 @@ impl App {
         Ok(snap)
     }
 
+    /// [`App::snapshot`] off the async workers (loading one reads the WAL tail).
+    pub(crate) async fn snapshot_blocking(self: &Arc<Self>) -> Result<Arc<Snapshot>, ApiError> {
+        let a = self.clone();
+        tokio::task::spawn_blocking(move || a.snapshot())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    }
+
     /// The registry batch, if one is configured or present in the data directory.
     pub(crate) fn registry(&self) -> Result<Option<arrow::array::RecordBatch>, ApiError> {
         let path = self
@@ -553,6 +574,21 @@ impl App {
             target_partitions: self.limits.query_threads.max(1),
             spill_limit_bytes: self.limits.query_spill_limit_bytes,
         }
+    }
+
+    /// A session for SQL a caller wrote: the store's tables, the API's limits, and without
+    /// the scalar functions that build one huge value from a small input (`range(0, 1e9)`,
+    /// `repeat('x', 1e9)`): their results are not memory the pool sees, so they could take
+    /// the process down before any limit applies.
+    pub(crate) fn user_session(
+        &self,
+        snap: &Snapshot,
+    ) -> Result<datafusion::prelude::SessionContext, ApiError> {
+        let ctx = crate::query::session(snap, &self.query_config())?;
+        for f in UNBOUNDED_FUNCTIONS {
+            ctx.deregister_udf(f);
+        }
+        Ok(ctx)
     }
 
     /// Runs `work` on the query runtime under the request's concurrency slots and timeout.
@@ -669,7 +705,21 @@ fn is_public(path: &str) -> bool {
     path == "/healthz" || path == "/" || path == "/index.html" || path.starts_with("/assets/")
 }
 
+/// The address failures are counted under: IPv4 as is, IPv6 by its /64 (a host there
+/// can take any address of its prefix).
+pub(crate) fn brake_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// Authenticates every request but the public ones; puts the [`Caller`] in the request.
+/// Only a wrong token counts towards the brake: a request without one (a browser asking for
+/// a favicon) is refused but is no guess.
 async fn authenticate(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -678,35 +728,80 @@ async fn authenticate(
 ) -> Response {
     let path = req.uri().path().to_string();
     let started = Instant::now();
-    if !is_public(&path) {
-        let now = app.clock.now_ms();
-        if app.brake.blocked(peer.ip(), now) {
-            app.metrics.auth_failures.inc();
-            return ApiError::TooMany(
-                "too many failed authentications from this address; wait a minute".into(),
-            )
-            .into_response();
-        }
-        match bearer(req.headers()).and_then(|t| app.check_token(t)) {
-            Some(c) => {
-                req.extensions_mut().insert(c);
-            }
-            None => {
-                app.brake.failed(peer.ip(), now);
-                app.metrics.auth_failures.inc();
-                tracing::debug!(%peer, %path, "unauthenticated request");
-                return ApiError::Unauthorized.into_response();
-            }
-        }
-    }
     let matched = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str().to_string());
-    let r = next.run(req).await;
+    if !is_public(&path) {
+        let now = app.clock.now_ms();
+        let key = brake_key(peer.ip());
+        let refused = if app.brake.blocked(key, now) {
+            app.metrics.auth_failures.inc();
+            Some(ApiError::TooMany(
+                "too many failed authentications from this address; wait a minute".into(),
+            ))
+        } else {
+            match bearer(req.headers()) {
+                Some(t) => match app.check_token(t) {
+                    Some(c) => {
+                        req.extensions_mut().insert(c);
+                        None
+                    }
+                    None => {
+                        app.brake.failed(key, now);
+                        app.metrics.auth_failures.inc();
+                        tracing::debug!(%peer, %path, "wrong token");
+                        Some(ApiError::Unauthorized)
+                    }
+                },
+                None => {
+                    app.metrics.auth_failures.inc();
+                    Some(ApiError::Unauthorized)
+                }
+            }
+        };
+        if let Some(e) = refused {
+            let r = e.into_response();
+            app.metrics
+                .observe(matched.as_deref(), r.status(), started.elapsed());
+            return r;
+        }
+    }
+    let r = json_errors(next.run(req).await).await;
     app.metrics
         .observe(matched.as_deref(), r.status(), started.elapsed());
     r
+}
+
+/// Turns axum's plain-text rejections (405, 413, a query string that does not decode, …)
+/// into the API's JSON error form.
+async fn json_errors(r: Response) -> Response {
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut out = (status, axum::Json(json!({ "error": message }))).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// Checks the caller's role for an operator route.
@@ -728,7 +823,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.snapshot() {
+    match app.snapshot_blocking().await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
     }

@@ -74,17 +74,19 @@ pub(crate) async fn handler(
     };
     let a = app.clone();
     let started = std::time::Instant::now();
+    // Encoding runs inside the query task too, so the slots bound its memory as well.
     let r = app
         .run(&caller, async move {
             let snap = a.snapshot()?;
-            let ctx = crate::query::session(&snap, &a.query_config())?;
-            Ok(crate::query::run_limited(&ctx, &sql, limit, MAX_RESULT_BYTES).await?)
+            let ctx = a.user_session(&snap)?;
+            let r = crate::query::run_limited(&ctx, &sql, limit, MAX_RESULT_BYTES).await?;
+            encode(r, arrow_out, started)
         })
         .await;
-    let r = match r {
-        Ok(r) => {
+    match r {
+        Ok(resp) => {
             app.metrics.sql_ok.inc();
-            r
+            Ok(resp)
         }
         Err(e) => {
             if matches!(&e, ApiError::BadParam { message, .. } if message.starts_with("refused")) {
@@ -93,9 +95,18 @@ pub(crate) async fn handler(
             } else {
                 app.metrics.sql_failed.inc();
             }
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
+
+/// The answer: Arrow IPC stream, or JSON with the columns, rows and whether they were cut.
+fn encode(
+    r: crate::query::Limited,
+    arrow_out: bool,
+    started: std::time::Instant,
+) -> Result<Response, ApiError> {
+    let internal = |e: arrow::error::ArrowError| ApiError::Internal(e.to_string());
     if arrow_out {
         let schema = match r.batches.first() {
             Some(b) => b.schema(),
@@ -103,12 +114,12 @@ pub(crate) async fn handler(
         };
         let mut buf = Vec::new();
         {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut w =
+                arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema).map_err(internal)?;
             for b in &r.batches {
-                w.write(b).map_err(|e| ApiError::Internal(e.to_string()))?;
+                w.write(b).map_err(internal)?;
             }
-            w.finish().map_err(|e| ApiError::Internal(e.to_string()))?;
+            w.finish().map_err(internal)?;
         }
         return Ok((
             [
@@ -136,25 +147,33 @@ pub(crate) async fn handler(
                 .collect()
         })
         .unwrap_or_default();
-    let mut buf = Vec::new();
+    // The rows as arrow's JSON writer prints them, spliced in as they are (no second parse).
+    let mut rows = Vec::new();
     {
-        let mut w = arrow::json::ArrayWriter::new(&mut buf);
+        let mut w = arrow::json::ArrayWriter::new(&mut rows);
         let refs: Vec<&arrow::array::RecordBatch> = r.batches.iter().collect();
-        w.write_batches(&refs)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        w.finish().map_err(|e| ApiError::Internal(e.to_string()))?;
+        w.write_batches(&refs).map_err(internal)?;
+        w.finish().map_err(internal)?;
     }
-    let rows: Value = if buf.is_empty() {
-        json!([])
-    } else {
-        serde_json::from_slice(&buf).map_err(|e| ApiError::Internal(e.to_string()))?
-    };
-    Ok(axum::Json(json!({
+    if rows.is_empty() {
+        rows.extend_from_slice(b"[]");
+    }
+    let head = json!({
         "columns": columns,
-        "rows": rows,
         "row_count": r.rows,
         "truncated": r.truncated,
         "elapsed_ms": started.elapsed().as_millis() as u64,
-    }))
-    .into_response())
+    })
+    .to_string();
+    // `{"columns":…,"row_count":…,…}` + `,"rows":[…]}`
+    let mut body = Vec::with_capacity(head.len() + rows.len() + 10);
+    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    body.extend_from_slice(b",\"rows\":");
+    body.extend_from_slice(&rows);
+    body.push(b'}');
+    Ok((
+        [(header::CONTENT_TYPE, "application/json".to_string())],
+        body,
+    )
+        .into_response())
 }

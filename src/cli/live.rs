@@ -383,9 +383,11 @@ pub fn cmd_run(
                     Some(p) => FileConfig::load(p).map_err(anyhow::Error::msg)?,
                     None => FileConfig::default(),
                 };
+                // `run` keeps the findings itself: no evaluation at start.
                 let sa = super::serve::ServeArgs {
                     devices: a.devices.clone(),
                     rules: a.rules.clone(),
+                    no_evaluate: true,
                     ..Default::default()
                 };
                 let cfg =

@@ -313,7 +313,12 @@ pub fn cmd_export(
     };
     let pack = a.rules.load()?;
     let snapshot = super::open_snapshot(data_dir)?;
-    let r = rt.block_on(export(&snapshot, &pack, &spec))?;
+    let r = rt.block_on(export(
+        &snapshot,
+        &pack,
+        &spec,
+        &crate::query::QueryConfig::default(),
+    ))?;
     if r.records == 0 {
         bail!(
             "no telemetry for {} in that range in {} (wallscope sql \"SELECT device_id, MIN(ts), MAX(ts) FROM vitals GROUP BY device_id\" lists what is there)",

@@ -178,13 +178,28 @@ pub(super) fn serve_config(
             })
             .transpose()?,
     };
+    if let Some(f) = flight_listen
+        && !f.ip().is_loopback()
+    {
+        bail!(
+            "Flight SQL has no TLS yet, so it listens on loopback only ({f} is not): put a TLS proxy in front of a loopback port"
+        );
+    }
     // Checked here so a broken token file stops the start with one clear line.
     Tokens::load(data_dir)?;
+    let mut extra_tokens = Tokens::default();
+    for t in &f.tokens {
+        let role = Role::parse(&t.role)
+            .map_err(|e| anyhow::anyhow!("[[serve.tokens]] {:?}: {e}", t.name))?;
+        extra_tokens
+            .add_hashed(&t.name, role, &t.sha256)
+            .map_err(|e| anyhow::anyhow!("[[serve.tokens]]: {e}"))?;
+    }
     Ok(ServeConfig {
         listen,
         flight_listen,
         data_dir: data_dir.to_path_buf(),
-        extra_tokens: Tokens::default(),
+        extra_tokens,
         tls,
         limits: limits(f)?,
         pack: a.rules.load()?,

@@ -93,9 +93,10 @@ pub async fn export(
     snapshot: &Snapshot,
     pack: &Pack,
     spec: &ExportSpec,
+    cfg: &QueryConfig,
 ) -> Result<ExportReport, ExportError> {
     let format = format_of(&spec.out)?;
-    let ctx = query::session(snapshot, &QueryConfig::default())?;
+    let ctx = query::session(snapshot, cfg)?;
     let mut records: Vec<CaptureRecord> = Vec::new();
     let mut report = ExportReport::default();
     for t in Table::TELEMETRY {
@@ -141,10 +142,9 @@ pub async fn export(
         until_ms: spec.until_ms,
         devices: Some(vec![spec.device.clone()]),
     };
-    let mut findings =
-        crate::rules::evaluate(snapshot, None, pack, &scope, &QueryConfig::default())
-            .await?
-            .findings;
+    let mut findings = crate::rules::evaluate(snapshot, None, pack, &scope, cfg)
+        .await?
+        .findings;
     crate::rules::finding::sort_for_people(&mut findings);
     let side = sidecar_path(&spec.out);
     let mut text = String::new();

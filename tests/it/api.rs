@@ -210,8 +210,23 @@ fn every_route_is_guarded_and_answers_on_the_real_captures() {
     assert!(!tokens_file.contains(&read) && !tokens_file.contains(&op));
     // The walk below fails authentication ~60 times from one address: lift the brake for
     // it (a second server checks the brake at its default at the end).
+    // A token given in the config by its hash only.
+    let from_config = "wsk_given_in_the_config";
+    let hash: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(from_config.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
     let cfg = tmp.path().join("serve.toml");
-    std::fs::write(&cfg, "[serve]\nmax_auth_failures_per_min = 100000\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[serve]\nmax_auth_failures_per_min = 100000\n[[serve.tokens]]\nname = \"cfg\"\nrole = \"read\"\nsha256 = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
     let s = Server::start(&data, &["--config", cfg.to_str().unwrap()]);
 
     // Liveness needs nothing; the dashboard shell holds no data and needs nothing.
@@ -255,6 +270,17 @@ fn every_route_is_guarded_and_answers_on_the_real_captures() {
         }
     }
     assert!(routes >= 20, "{routes} routes documented");
+
+    expect(&s.get("/api/v1/devices", from_config), 200, "config token");
+    expect(
+        &s.post(
+            "/api/v1/silences",
+            from_config,
+            json!({"device": "tt", "for": "1h", "reason": "x"}),
+        ),
+        403,
+        "config read token silencing",
+    );
 
     // Fleet.
     let devs = s.get("/api/v1/devices", &read);
@@ -369,6 +395,24 @@ fn every_route_is_guarded_and_answers_on_the_real_captures() {
         "from"
     );
 
+    // Times far out of range are refused, not wrapped around.
+    assert_eq!(
+        bad_param(&s.get(
+            "/api/v1/devices/tt/vitals?from=-1&to=9223372036854775807",
+            &read
+        )),
+        "to"
+    );
+    // A bad parameter is a 400 even for a device that does not exist.
+    assert_eq!(
+        bad_param(&s.get("/api/v1/devices/nope/vitals?from=junk", &read)),
+        "from"
+    );
+    let dup = s.get(
+        "/api/v1/devices/tt/vitals?fields=grid_v,grid_v&points=10",
+        &read,
+    );
+    expect(&dup, 200, "a field named twice");
     let tl = s.get("/api/v1/devices/tt/timeline", &read);
     expect(&tl, 200, "timeline");
     let segs = tl.json()["segments"].as_array().unwrap().clone();
@@ -549,12 +593,36 @@ fn every_route_is_guarded_and_answers_on_the_real_captures() {
         )),
         "format"
     );
-    let big = vec![b' '; 2 << 20];
-    expect(
-        &s.call("POST", "/api/v1/sql", Some(&read), Some(big)),
-        413,
-        "20 MB body",
+    // Functions that build one huge value from a small input are not offered.
+    assert_eq!(
+        bad_param(&s.post(
+            "/api/v1/sql",
+            &read,
+            json!({"sql": "SELECT range(0, 1500000000)"})
+        )),
+        "sql"
     );
+    assert_eq!(
+        bad_param(&s.post(
+            "/api/v1/sql",
+            &read,
+            json!({"sql": "SELECT repeat('x', 2000000000)"})
+        )),
+        "sql"
+    );
+    // Errors found while running are the query's: 400.
+    assert_eq!(
+        bad_param(&s.post("/api/v1/sql", &read, json!({"sql": "SELECT 1 / 0"}))),
+        "sql"
+    );
+    // axum's own rejections come back as JSON too.
+    let r = s.call("DELETE", "/api/v1/devices", Some(&read), None);
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert!(r.json()["error"].is_string());
+    let big = vec![b' '; 2 << 20];
+    let r = s.call("POST", "/api/v1/sql", Some(&read), Some(big));
+    expect(&r, 413, "a body over the cap");
+    assert!(r.json()["error"].is_string());
     expect(&s.get("/api/v1/nothing-here", &read), 404, "unknown route");
 
     // Readiness and metrics: the scrape parses, counters match the store.
