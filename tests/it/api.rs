@@ -1022,3 +1022,81 @@ print(json.dumps(out))
         "wrong token: {wrong}"
     );
 }
+
+/// `run --http`: the console inside the ingesting process; its metrics count what the
+/// ingest made durable, and that is what the store holds.
+#[test]
+fn run_serves_the_console_while_it_ingests() {
+    use crate::mqtt::{Ingester, TestBroker, fleet, publish_all, wait_rows};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(tmp.path());
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let t = token(&data, "ops", "read");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
+    let ing = Ingester::spawn(&data, &["--broker", &broker.url(), "--http", &http]);
+    let base = format!("http://{http}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = {
+        let _in = rt.enter();
+        client(None)
+    };
+    let get = |path: &str| -> (u16, String) {
+        rt.block_on(async {
+            match c.get(format!("{base}{path}")).bearer_auth(&t).send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(_) => (0, String::new()),
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get("/healthz").0 != 200 {
+        assert!(Instant::now() < deadline, "no console: {}", ing.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ing.wait_log("subscribed", 1);
+    publish_all(&broker.url(), "api-run-pub", fleet(20, 50))
+        .join()
+        .unwrap();
+    assert_eq!(
+        wait_rows(
+            &data,
+            "SELECT COUNT(*) FROM vitals",
+            1000,
+            Duration::from_secs(60)
+        ),
+        1000
+    );
+    // The status file (and so the ingest counters) is written every 2 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, m) = get("/metrics");
+        assert_eq!(code, 200, "{m}");
+        let durable = m
+            .lines()
+            .find_map(|l| l.strip_prefix("wallscope_ingest_rows_durable_total "))
+            .and_then(|v| v.parse::<f64>().ok());
+        let stored = m
+            .lines()
+            .find_map(|l| l.strip_prefix("wallscope_store_rows{table=\"vitals\"} "))
+            .and_then(|v| v.parse::<f64>().ok());
+        if durable == Some(1000.0) && stored == Some(1000.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "durable {durable:?}, stored {stored:?}\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, body) = get("/api/v1/devices?limit=5");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"], 20);
+    assert!(ing.stop(), "run did not stop cleanly");
+}
