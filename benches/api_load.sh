@@ -5,7 +5,7 @@
 #
 #   benches/api_load.sh [devices=1000] [history=7d] [rate_per_s=200] [seconds=60] [paths=1|N]
 #
-# `paths` is how many different chargers the requests rotate over: 1 is a specialist (or a
+# Ingest goes through Mosquitto (installed by ./scripts/test). `paths` is how many different chargers the requests rotate over: 1 is a specialist (or a
 # wall screen) on one charger, N spreads the load so that reports must be computed. Needs
 # wrk (Debian package) and the release binary. Prints wrk's latency distribution and the
 # ingest figures; the README records the results.
@@ -44,11 +44,23 @@ fi
   --labels-out "$W/live-labels.csv" >/dev/null
 TOKEN=$("$BIN" --data-dir "$W/data" token create --name "load-$RANDOM" --role read 2>/dev/null)
 MQ=$(port); HP=$(port)
-"$BIN" --data-dir "$W/data" run --embedded-broker --embedded-listen "127.0.0.1:$MQ" \
+# Mosquitto, as in production (its in-flight window open: acks come after fsync).
+mkdir -p "$W/mosquitto"
+cat >"$W/mosquitto/mosquitto.conf" <<CONF
+listener $MQ 127.0.0.1
+allow_anonymous true
+max_queued_messages 0
+max_inflight_messages 0
+persistence false
+CONF
+mosquitto -c "$W/mosquitto/mosquitto.conf" >"$W/mosquitto/log" 2>&1 &
+MQPID=$!
+sleep 0.5
+"$BIN" --data-dir "$W/data" run --broker "mqtt://127.0.0.1:$MQ" \
   --http "127.0.0.1:$HP" --no-alerts --status-interval-s 10 >"$W/run.log" 2>&1 &
 RUN=$!
-trap 'kill $RUN $REPLAY 2>/dev/null; wait 2>/dev/null' EXIT
 REPLAY=
+trap 'kill $RUN $REPLAY $MQPID 2>/dev/null; wait 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$HP/healthz" && break; sleep 0.2; done
 "$BIN" replay "$W/live.jsonl" --to "mqtt://127.0.0.1:$MQ" --speed 1 >"$W/replay.log" 2>&1 &
 REPLAY=$!
@@ -83,10 +95,12 @@ for d in ${DEVICES//,/ }; do
   curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$HP/api/v1/devices/$d"
 done
 sleep 5
+R0=$(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$HP/metrics" | grep '^wallscope_ingest_received_messages_total ' || true)
 echo "wrk: $CONNS connections, ${DELAY_MS} ms between requests each (≈ $RATE req/s), $SECS s, over $PATHS charger(s), while ingesting:"
 WS_TOKEN=$TOKEN WS_DEVICES=$DEVICES WS_DELAY_MS=$DELAY_MS \
   wrk -t2 -c"$CONNS" -d"${SECS}s" -s "$W/health.lua" "http://127.0.0.1:$HP" | tail -7
-echo "ingest during the run:"
-grep -E 'msg/s' "$W/run.log" | tail -3
+echo "ingest during the run (received messages before and after wrk, ack p99):"
+echo "  before: $R0"
 curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$HP/metrics" \
-  | grep -E '^wallscope_(ingest_received_messages_total|ingest_ack_latency_p99_seconds|store_rows\{table="vitals"\})'
+  | grep -E '^wallscope_(ingest_received_messages_total|ingest_ack_latency_p99_seconds|ingest_status_age_seconds) ' | sed 's/^/  /'
+tail -2 "$W/replay.log" | sed 's/^/  replay: /'

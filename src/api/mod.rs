@@ -992,25 +992,51 @@ impl Server {
     }
 }
 
-/// Binds and starts serving in the background (on the caller's runtime; queries on a runtime
-/// of their own).
+/// Binds and starts serving in the background. Requests are served on a runtime of their
+/// own and queries on another, so neither waits for the caller's tasks: under `run --http`
+/// ingest and the live rules keep the caller's workers busy, and a request that had to wait
+/// for one of them would take as long as a rule evaluation.
 pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
-    let pool_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.limits.query_threads.max(1))
-        .thread_name("wallscope-query")
-        .enable_all()
-        .build()
-        .map_err(ServeError::Runtime)?;
+    let runtime = |name: &str, threads: usize| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .map_err(ServeError::Runtime)
+    };
+    let pool_rt = runtime("wallscope-query", cfg.limits.query_threads)?;
+    let http_rt = runtime("wallscope-http", 2)?;
     let pool = pool_rt.handle().clone();
+    let http = http_rt.handle().clone();
     let (pool_stop, pool_rx) = std::sync::mpsc::channel::<()>();
-    // The runtime is dropped on a plain thread: dropping one inside async code panics.
+    // The runtimes are dropped on a plain thread: dropping one inside async code panics.
     std::thread::Builder::new()
-        .name("wallscope-query-owner".into())
+        .name("wallscope-runtimes".into())
         .spawn(move || {
             let _ = pool_rx.recv();
+            http_rt.shutdown_timeout(Duration::from_secs(2));
             pool_rt.shutdown_timeout(Duration::from_secs(2));
         })
         .map_err(ServeError::Runtime)?;
+    let started = http.spawn(start_on(cfg, pool)).await;
+    let mut server = match started {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let _ = pool_stop.send(());
+            return Err(e);
+        }
+        Err(e) => {
+            let _ = pool_stop.send(());
+            return Err(ServeError::Io(std::io::Error::other(e.to_string())));
+        }
+    };
+    server.pool_stop = Some(pool_stop);
+    Ok(server)
+}
+
+/// The rest of [`start`], on the HTTP runtime (listeners bind to the runtime they are made on).
+async fn start_on(cfg: ServeConfig, pool: tokio::runtime::Handle) -> Result<Server, ServeError> {
     let tls = match &cfg.tls {
         Some(t) => Some(tls::acceptor(t).map_err(ServeError::Tls)?),
         None => None,
@@ -1091,6 +1117,6 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
         app,
         stop: Some(stop),
         task,
-        pool_stop: Some(pool_stop),
+        pool_stop: None,
     })
 }

@@ -145,7 +145,9 @@ impl BatchPublisher {
         stream.set_nodelay(true).map_err(io)?;
         let (mut rd, mut wr) = stream.into_split();
         let mut connect = rumqttc::Connect::new(client_id);
-        connect.keep_alive = 0;
+        // The longest keep-alive there is (18 h), not 0: this publisher sends no PINGREQs,
+        // and rumqttd (the embedded broker) refuses a CONNECT without keep-alive.
+        connect.keep_alive = u16::MAX;
         connect.clean_session = true;
         let mut buf = bytes::BytesMut::with_capacity(BATCH_BYTES * 2);
         rumqttc::Packet::Connect(connect)

@@ -426,11 +426,13 @@ fn every_route_is_guarded_and_answers_on_the_real_captures() {
         200,
         "sessions",
     );
+    // Evaluated now over the range, and as recorded (this store was filled by `import`: the
+    // server evaluated it at start — wait for that).
     let f = s.get(
-        "/api/v1/devices/home/findings?from=2025-12-01T00:00:00Z",
+        "/api/v1/devices/home/findings?from=2025-12-01T00:00:00Z&evaluate=true",
         &read,
     );
-    expect(&f, 200, "findings");
+    expect(&f, 200, "findings evaluated");
     assert!(
         f.json()["findings"]
             .as_array()
@@ -439,13 +441,37 @@ fn every_route_is_guarded_and_answers_on_the_real_captures() {
             .any(|x| x["fault"] == "F01")
     );
     let f = s.get(
-        "/api/v1/devices/tt/findings?from=2025-12-01T00:00:00Z",
+        "/api/v1/devices/tt/findings?from=2025-12-01T00:00:00Z&evaluate=true",
         &read,
     );
+    // (Judged on its own range, the healthy unit has nothing; judged with the fleet's
+    // newest data it is offline, F00, which the recorded findings show.)
     assert!(
         f.json()["findings"].as_array().unwrap().is_empty(),
         "{}",
         f.text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let f = s.get(
+            "/api/v1/devices/home/findings?from=2025-12-01T00:00:00Z",
+            &read,
+        );
+        expect(&f, 200, "findings recorded");
+        if f.json()["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["fault"] == "F01")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recorded F01: {}", f.text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        bad_param(&s.get("/api/v1/devices/home/findings?evaluate=maybe", &read)),
+        "evaluate"
     );
     expect(
         &s.get("/api/v1/devices/tt/alerts", &read),
