@@ -1,5 +1,5 @@
 //! Arrow Flight SQL on its own port, read-only, for BI tools and Grafana's Flight SQL data
-//! source (`serve --flight-listen ADDR`).
+//! source (`serve --flight-listen ADDR`; over TLS with the HTTP certificate when HTTPS is on).
 //!
 //! The same guard as `POST /api/v1/sql`: the bearer token of every call (the `authorization`
 //! metadata; no handshake needed) checked against the API's tokens, each statement planned
@@ -432,10 +432,12 @@ impl FlightSqlService for Svc {
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
-/// Binds `listen` and serves Flight SQL over `app` until `stop` fires.
+/// Binds `listen` and serves Flight SQL over `app` until `stop` fires; over TLS with the
+/// HTTP server's certificate when one is configured.
 pub(crate) async fn start(
     app: Arc<App>,
     listen: SocketAddr,
+    tls: Option<&super::TlsFiles>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), super::ServeError> {
     let mut b = SqlInfoDataBuilder::new();
@@ -455,8 +457,18 @@ pub(crate) async fn start(
         })?;
     let addr = listener.local_addr()?;
     let svc = Svc { app, sql_info };
+    let mut builder = Server::builder();
+    if let Some(t) = tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| super::ServeError::Tls(format!("{}: {e}", p.display())))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| super::ServeError::Tls(format!("Flight SQL: {e}")))?;
+    }
     let task = tokio::spawn(async move {
-        let r = Server::builder()
+        let r = builder
             .add_service(FlightServiceServer::new(svc))
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
                 let _ = stop.await;

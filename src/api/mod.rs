@@ -1041,6 +1041,7 @@ async fn start_on(cfg: ServeConfig, pool: tokio::runtime::Handle) -> Result<Serv
         Some(t) => Some(tls::acceptor(t).map_err(ServeError::Tls)?),
         None => None,
     };
+    let tls_files = cfg.tls.clone();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -1085,7 +1086,7 @@ async fn start_on(cfg: ServeConfig, pool: tokio::runtime::Handle) -> Result<Serv
     let flight = match cfg.flight_listen {
         Some(l) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let (addr, task) = flight::start(app.clone(), l, rx).await?;
+            let (addr, task) = flight::start(app.clone(), l, tls_files.as_ref(), rx).await?;
             Some((addr, (tx, task)))
         }
         None => None,

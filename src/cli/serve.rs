@@ -180,9 +180,10 @@ pub(super) fn serve_config(
     };
     if let Some(f) = flight_listen
         && !f.ip().is_loopback()
+        && tls.is_none()
     {
         bail!(
-            "Flight SQL has no TLS yet, so it listens on loopback only ({f} is not): put a TLS proxy in front of a loopback port"
+            "Flight SQL without TLS listens on loopback only ({f} is not): set tls_cert_file and tls_key_file (Flight uses the same certificate)"
         );
     }
     // Checked here so a broken token file stops the start with one clear line.
@@ -220,7 +221,8 @@ pub(super) fn print_banner(server: &api::Server, url_token: Option<&str>) {
         }
     }
     if let Some(f) = server.flight_addr {
-        println!("flight sql: grpc://{f}");
+        let scheme = if server.https { "grpc+tls" } else { "grpc" };
+        println!("flight sql: {scheme}://{f}");
     }
     let tokens = server.tokens();
     if tokens == 0 {
