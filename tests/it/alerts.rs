@@ -15,7 +15,7 @@ use wallscope::clock::SystemClock;
 use wallscope::rules::{self, PackSource, Scope};
 use wallscope::sim::{Cohort, FaultCode, SimConfig, Simulator};
 
-use crate::harness::{run, stderr, stdout};
+use crate::harness::{free_port, run, stderr, stdout};
 
 const MIN: i64 = 60_000;
 /// 2026-03-02T00:00:00Z, a Monday.
@@ -662,14 +662,6 @@ fn notification_rows(n: usize) -> Vec<AlertRow> {
             recorded_ms: 0,
         })
         .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

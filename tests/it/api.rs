@@ -128,31 +128,7 @@ impl Server {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Reply {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(
-            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-            &url,
-        );
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.body(b);
-        }
-        self.rt.block_on(async {
-            let r = req
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-            let status = r.status().as_u16();
-            let headers = r.headers().clone();
-            let body = r.bytes().await.unwrap().to_vec();
-            Reply {
-                status,
-                body,
-                headers,
-            }
-        })
+        self.send(method, path, token, body, false)
     }
 
     /// Like [`Server::call`], asking the server to close the connection afterwards.
@@ -163,14 +139,25 @@ impl Server {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Reply {
+        self.send(method, path, token, body, true)
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        close: bool,
+    ) -> Reply {
         let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                &url,
-            )
-            .header("connection", "close");
+        let mut req = self.http.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            &url,
+        );
+        if close {
+            req = req.header("connection", "close");
+        }
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -1126,12 +1113,7 @@ fn run_serves_the_console_while_it_ingests() {
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let t = token(&data, "ops", "read");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let http = format!("127.0.0.1:{port}");
+    let http = format!("127.0.0.1:{}", crate::harness::free_port());
     let ing = Ingester::spawn(&data, &["--broker", &broker.url(), "--http", &http]);
     let base = format!("http://{http}");
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::api::{Server, token};
-use crate::harness::{run, stderr};
+use crate::harness::{free_port, run, stderr};
 
 struct Driver {
     child: Child,
@@ -32,14 +32,6 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn which(name: &str) -> Option<PathBuf> {

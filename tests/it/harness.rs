@@ -74,3 +74,8 @@ pub fn import_real(dir: &Path) {
     );
     assert!(o.status.success(), "import tt: {}", stderr(&o));
 }
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    wallscope::broker::free_port("127.0.0.1").unwrap()
+}
