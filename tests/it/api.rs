@@ -68,6 +68,10 @@ pub fn client(ca: Option<&[u8]>) -> reqwest::Client {
 }
 
 impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `serve --listen 127.0.0.1:0 <extra>` on `data` and waits for its banner.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
         Server::start_with(data, extra, None)
@@ -788,6 +792,26 @@ fn forbidden_sql_is_refused_before_execution_and_limits_hold() {
     let mut before = BTreeMap::new();
     files_under(&data, &mut before);
     files_under(tmp.path(), &mut before);
+    // Trace every file the server opens while it answers them (strace attached to all its
+    // threads), when strace is installed.
+    let trace_dir = tempfile::tempdir().unwrap();
+    let trace = trace_dir.path().join("open.trace");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=open,openat,openat2,creat", "-o"])
+        .arg(&trace)
+        .args(["-p", &s.pid().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok();
+    if strace.is_some() {
+        // Attached once the trace file shows up and a request is seen in it.
+        let t0 = Instant::now();
+        while !trace.exists() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     for q in &statements {
         let r = s.post("/api/v1/sql", &read, json!({ "sql": q }));
         assert!(
@@ -797,6 +821,49 @@ fn forbidden_sql_is_refused_before_execution_and_limits_hold() {
             r.text()
         );
         assert!(r.json()["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    if let Some(st) = strace.as_mut() {
+        // SIGINT detaches strace from the server cleanly.
+        let _ = Command::new("kill")
+            .args(["-INT", &st.id().to_string()])
+            .status();
+        let _ = st.wait();
+        let text = std::fs::read_to_string(&trace).unwrap_or_default();
+        let data_abs = std::fs::canonicalize(&data).unwrap();
+        let mut outside = Vec::new();
+        for line in text.lines() {
+            let Some(path) = line.split('"').nth(1) else {
+                continue;
+            };
+            let p = Path::new(path);
+            let inside = p.starts_with(&data_abs) || p.starts_with(&data);
+            // The process's own view of itself and the system (threads, memory, time).
+            let system = [
+                "/proc/",
+                "/sys/",
+                "/dev/",
+                "/etc/localtime",
+                "/usr/share/zoneinfo",
+            ]
+            .iter()
+            .any(|pre| path.starts_with(pre));
+            if !inside && !system {
+                outside.push(line.to_string());
+            }
+        }
+        assert!(
+            outside.is_empty(),
+            "files opened outside the data directory while refusing:\n{}",
+            outside.join("\n")
+        );
+        eprintln!(
+            "strace: {} open calls, all inside the data directory",
+            text.lines().count()
+        );
+    } else {
+        eprintln!(
+            "strace not installed: the open-file check is skipped (the fs snapshot still runs)"
+        );
     }
     let mut after = BTreeMap::new();
     files_under(&data, &mut after);
