@@ -1,6 +1,8 @@
 //! HTTPS for the API: rustls (ring provider, as the MQTT client) in front of the same router.
 //! `axum::serve` speaks plain TCP only, so TLS connections are accepted here and handed to
-//! hyper one by one; a failed handshake costs that connection only.
+//! hyper one by one; a failed handshake costs that connection only. At shutdown the loop
+//! stops accepting and lets open connections finish what they are answering (up to
+//! [`DRAIN`]), as `axum::serve`'s graceful shutdown does for plain HTTP.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,7 +46,10 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Accepts TLS connections until `stop` fires; connections in flight finish on their own.
+/// How long open connections get to finish at shutdown.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts TLS connections until `stop` fires, then drains the open ones.
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -52,9 +57,15 @@ pub async fn serve(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), ServeError> {
     let mut make = router.into_make_service_with_connect_info::<SocketAddr>();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = &mut stop => return Ok(()),
+            _ = &mut stop => {
+                if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+                    tracing::warn!("HTTPS: connections still open after {DRAIN:?}; closing them");
+                }
+                return Ok(());
+            }
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -66,6 +77,7 @@ pub async fn serve(
             },
         };
         let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
         let svc = match make.call(peer).await {
             Ok(s) => s,
             Err(never) => match never {},
@@ -88,10 +100,11 @@ pub async fn serve(
                 }
             };
             let hyper_svc = hyper_util::service::TowerToHyperService::new(svc);
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder
                 .serve_connection(TokioIo::new(tls), hyper_svc)
-                .await
-            {
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, "connection: {e}");
             }
         });
