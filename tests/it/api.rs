@@ -829,7 +829,15 @@ fn forbidden_sql_is_refused_before_execution_and_limits_hold() {
             .status();
         let _ = st.wait();
         let text = std::fs::read_to_string(&trace).unwrap_or_default();
+        // Every session the server makes reads the alert actions log in the data directory:
+        // a trace without such an open means strace could not attach (ptrace refused), not
+        // a clean result.
         let data_abs = std::fs::canonicalize(&data).unwrap();
+        assert!(
+            text.contains(&format!("{}/", data_abs.display())),
+            "strace saw no open in the data directory; could it attach (ptrace)? trace: {}",
+            text.chars().take(500).collect::<String>()
+        );
         let mut outside = Vec::new();
         for line in text.lines() {
             let Some(path) = line.split('"').nth(1) else {
