@@ -33,12 +33,16 @@ const FLEET_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Answers computed once and shared: kept per key, served stale while one refresh runs.
 /// A [`Cache::clear`] bumps the generation, so an answer computed from before it is not
-/// stored after it. Cold misses are not de-duplicated: concurrent first requests for one
-/// key each compute it (under their own query slots).
+/// stored after it. Concurrent first requests for one key share one computation.
 pub(crate) struct Cache<T> {
     map: Mutex<HashMap<String, Entry<T>>>,
+    /// First computations under way, awaited by every request that misses meanwhile.
+    pending: Mutex<HashMap<String, Pending<T>>>,
     generation: std::sync::atomic::AtomicU64,
 }
+
+type Pending<T> =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<T>, ApiError>>>;
 
 struct Entry<T> {
     at: Instant,
@@ -50,6 +54,7 @@ impl<T> Default for Cache<T> {
     fn default() -> Self {
         Cache {
             map: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             generation: Default::default(),
         }
     }
@@ -80,6 +85,10 @@ impl<T: Send + Sync + 'static> Cache<T> {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         m.clear();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn store(&self, key: String, value: Arc<T>, generation: u64) {
@@ -149,9 +158,32 @@ impl<T: Send + Sync + 'static> Cache<T> {
                 return Ok(stale);
             }
         }
-        let v = Arc::new(app.run(caller, make()).await?);
-        cache.store(key.to_string(), v.clone(), generation);
-        Ok(v)
+        let shared = {
+            use futures::FutureExt;
+            let mut p = cache.pending.lock().unwrap_or_else(|p| p.into_inner());
+            match p.get(key) {
+                Some(f) => f.clone(),
+                None => {
+                    let (app2, caller2, work) = (app.clone(), caller.clone(), make());
+                    let f = async move { app2.run(&caller2, work).await.map(Arc::new) }
+                        .boxed()
+                        .shared();
+                    p.insert(key.to_string(), f.clone());
+                    f
+                }
+            }
+        };
+        let r = shared.await;
+        if let Ok(v) = &r {
+            cache.store(key.to_string(), v.clone(), generation);
+        }
+        // Stored first, then no longer pending: a request in between finds one or the other.
+        cache
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        r
     }
 }
 

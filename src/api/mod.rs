@@ -141,7 +141,7 @@ pub enum ServeError {
 }
 
 /// An error as the API answers it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ApiError {
     BadParam {
         name: String,
