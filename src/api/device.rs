@@ -10,8 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -21,6 +19,7 @@ use datafusion::prelude::{SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
 use serde_json::{Value, json};
 
+use super::columns::{f64s, i64s};
 use super::fleet::{Cache, alert_summaries, finding_json, fleet};
 use super::{ApiError, App, Caller, datafusion_error, known_params, time_param, usize_param};
 use crate::capture::format_rfc3339_ms;
@@ -76,9 +75,10 @@ async fn last_seen(app: &Arc<App>, caller: &Caller, id: &str) -> Result<i64, Api
                 &format!("SELECT MAX(CAST(ts AS BIGINT)) FROM vitals WHERE device_id = '{q}'"),
             )
             .await?;
-            Ok(b.first()
-                .filter(|b| b.num_rows() > 0 && !b.column(0).is_null(0))
-                .map(|b| b.column(0).as_primitive::<Int64Type>().value(0)))
+            Ok(match b.first() {
+                Some(b) => i64s(b, 0)?.into_iter().next().flatten(),
+                None => None,
+            })
         })
         .await?;
     seen.ok_or_else(|| ApiError::NotFound(format!("no telemetry for device {id:?}")))
@@ -300,18 +300,6 @@ fn fields_param(v: Option<&String>) -> Result<Vec<(&'static str, FieldKind)>, Ap
     Ok(out)
 }
 
-fn f64s(b: &RecordBatch, i: usize) -> Result<Vec<Option<f64>>, ApiError> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Float64)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(c.as_primitive::<Float64Type>().iter().collect())
-}
-
-fn i64s(b: &RecordBatch, i: usize) -> Result<Vec<Option<i64>>, ApiError> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Int64)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(c.as_primitive::<Int64Type>().iter().collect())
-}
-
 /// Rounds for JSON: plots need no more than 4 decimals, and it halves the payload.
 fn round(v: Option<f64>) -> Value {
     match v {
@@ -524,16 +512,14 @@ pub(crate) async fn alerts(
     known_params(&q, &[])?;
     last_seen(&app, &caller, &id).await?;
     let f = fleet(&app, &caller).await?;
-    let rows: Vec<_> = f
+    let rows = f
         .alerts
         .iter()
-        .filter(|r| r.device_id.as_deref() == Some(id.as_str()))
-        .cloned()
-        .collect();
+        .filter(|r| r.device_id.as_deref() == Some(id.as_str()));
     let acts = crate::alerts::actions::load(&app.data_dir)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(
-        json!({"device_id": id, "alerts": alert_summaries(&rows, &acts)}),
+        json!({"device_id": id, "alerts": alert_summaries(rows, &acts)}),
     ))
 }
 

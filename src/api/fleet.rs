@@ -10,14 +10,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
-use arrow::datatypes::{DataType, Int64Type};
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
 
+use super::columns::{i64s, strings};
 use super::{ApiError, App, Caller, Role, known_params, require, time_param, usize_param};
 use crate::alerts::actions::{self, Action, ActionError};
 use crate::alerts::lifecycle::State as AlertState;
@@ -233,21 +232,6 @@ impl Fleet {
     }
 }
 
-fn strings(b: &arrow::array::RecordBatch, i: usize) -> Result<Vec<Option<String>>, ApiError> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Utf8)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(c.as_string::<i32>()
-        .iter()
-        .map(|v| v.map(String::from))
-        .collect())
-}
-
-fn ints(b: &arrow::array::RecordBatch, i: usize) -> Result<Vec<Option<i64>>, ApiError> {
-    let c = arrow::compute::cast(b.column(i), &DataType::Int64)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(c.as_primitive::<Int64Type>().iter().collect())
-}
-
 /// Builds the fleet list: one scan of vitals and version, the stored findings and alerts,
 /// the registry's labels.
 pub(crate) async fn load_fleet(app: Arc<App>) -> Result<Fleet, ApiError> {
@@ -287,7 +271,7 @@ pub(crate) async fn load_fleet(app: Arc<App>) -> Result<Fleet, ApiError> {
     let mut rows = Vec::new();
     for b in &batches {
         let ids = strings(b, 0)?;
-        let seen = ints(b, 1)?;
+        let seen = i64s(b, 1)?;
         let fw = strings(b, 2)?;
         for i in 0..b.num_rows() {
             let (Some(id), Some(seen)) = (ids[i].clone(), seen[i]) else {
@@ -381,7 +365,10 @@ pub(crate) fn finding_json(f: &Finding) -> Value {
 }
 
 /// One alert: its latest transition, when it started, how many transitions, its acks.
-pub(crate) fn alert_summaries(rows: &[AlertRow], acts: &actions::Actions) -> Vec<Value> {
+pub(crate) fn alert_summaries<'a>(
+    rows: impl IntoIterator<Item = &'a AlertRow>,
+    acts: &actions::Actions,
+) -> Vec<Value> {
     let mut by: BTreeMap<&str, Vec<&AlertRow>> = BTreeMap::new();
     for r in rows {
         by.entry(r.alert_id.as_str()).or_default().push(r);
@@ -628,17 +615,15 @@ pub(crate) async fn alerts(
     let limit = usize_param("limit", q.get("limit"), 500, 1..=100_000)?;
     let f = fleet(&app, &caller).await?;
     let acts = load_actions(&app)?;
-    let rows: Vec<AlertRow> = f
+    let rows = f
         .alerts
         .iter()
         .filter(|r| {
             q.get("device")
                 .is_none_or(|d| r.device_id.as_ref() == Some(d))
         })
-        .filter(|r| q.get("kind").is_none_or(|k| &r.kind == k))
-        .cloned()
-        .collect();
-    let mut all = alert_summaries(&rows, &acts);
+        .filter(|r| q.get("kind").is_none_or(|k| &r.kind == k));
+    let mut all = alert_summaries(rows, &acts);
     if let Some(s) = &states {
         all.retain(|a| s.iter().any(|x| a["state"] == *x));
     }
@@ -654,10 +639,13 @@ pub(crate) async fn alert(
 ) -> Result<Json<Value>, ApiError> {
     let f = fleet(&app, &caller).await?;
     // The fleet cache may be seconds old; an alert it does not know yet is read from disk.
-    let rows: Vec<AlertRow> = if f.alerts.iter().any(|r| r.alert_id == id) {
-        f.alerts.clone()
+    let from_disk;
+    let rows: &[AlertRow] = if f.alerts.iter().any(|r| r.alert_id == id) {
+        &f.alerts
     } else {
-        crate::alerts::table::load(&app.data_dir).map_err(|e| ApiError::Internal(e.to_string()))?
+        from_disk = crate::alerts::table::load(&app.data_dir)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        &from_disk
     };
     let mut mine: Vec<&AlertRow> = rows.iter().filter(|r| r.alert_id == id).collect();
     if mine.is_empty() {
@@ -665,8 +653,7 @@ pub(crate) async fn alert(
     }
     mine.sort_by_key(|r| (r.at_ms, r.state));
     let acts = load_actions(&app)?;
-    let owned: Vec<AlertRow> = mine.iter().map(|r| (*r).clone()).collect();
-    let mut v = alert_summaries(&owned, &acts).remove(0);
+    let mut v = alert_summaries(mine.iter().copied(), &acts).remove(0);
     v["history"] = mine
         .iter()
         .map(|r| {

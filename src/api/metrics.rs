@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use arrow::array::AsArray;
-use arrow::datatypes::{DataType, Int64Type};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -163,11 +161,10 @@ async fn dead_letters(
         .await?;
         let mut out = Vec::new();
         for b in &b {
-            let c = arrow::compute::cast(b.column(0), &DataType::Utf8)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let n = b.column(1).as_primitive::<Int64Type>();
-            for (k, v) in c.as_string::<i32>().iter().zip(n.iter()) {
-                out.push((k.unwrap_or("").to_string(), v.unwrap_or(0) as u64));
+            let classes = super::columns::strings(b, 0)?;
+            let counts = super::columns::i64s(b, 1)?;
+            for (k, v) in classes.into_iter().zip(counts) {
+                out.push((k.unwrap_or_default(), v.unwrap_or(0) as u64));
             }
         }
         Ok(out)

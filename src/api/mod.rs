@@ -44,6 +44,7 @@ use crate::store::Snapshot;
 
 pub mod assets;
 pub mod auth;
+mod columns;
 mod device;
 mod fleet;
 mod flight;
@@ -884,9 +885,7 @@ fn handler_for(m: &Method, path: &str) -> axum::routing::MethodRouter<Arc<App>> 
 /// than the manifest and the WAL.
 fn findings_are_stale(dir: &std::path::Path) -> bool {
     let mtime = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let Ok(f) = std::fs::File::open(dir.join("LOCK"))
-        && let Err(std::fs::TryLockError::WouldBlock) = f.try_lock_shared()
-    {
+    if let Err(crate::store::StoreError::Locked { .. }) = crate::store::hold_shared(dir) {
         return false;
     }
     let mut newest = mtime(dir.join("manifest.json"));

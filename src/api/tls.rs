@@ -5,33 +5,21 @@
 //! [`DRAIN`]), as `axum::serve`'s graceful shutdown does for plain HTTP.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use super::{ServeError, TlsFiles};
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: cannot read the certificate chain: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
-    }
-    Ok(certs)
-}
-
 /// A TLS acceptor for the configured certificate and key.
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    let chain = certs(&files.cert)?;
+    let chain = crate::ingest::pem_certs(&files.cert, "certificate chain")?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| format!("{}: not a PEM private key: {e}", files.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

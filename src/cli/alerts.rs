@@ -184,18 +184,12 @@ pub fn cmd_alerts(
         AlertsCommand::Evaluate(a) => {
             // `run` evaluates the alerts itself and is the table's one writer: refuse while it
             // holds the directory, and hold it (shared) so it cannot start meanwhile.
-            let _lock = match std::fs::File::open(data_dir.join("LOCK")) {
-                Ok(f) => match f.try_lock_shared() {
-                    Ok(()) => Some(f),
-                    Err(std::fs::TryLockError::WouldBlock) => bail!(
-                        "a running wallscope holds {} and evaluates the alerts itself; stop it first",
-                        data_dir.display()
-                    ),
-                    Err(std::fs::TryLockError::Error(e)) => {
-                        return Err(anyhow::anyhow!("{}: {e}", data_dir.join("LOCK").display()));
-                    }
-                },
-                Err(_) => None,
+            let _lock = match crate::store::hold_shared(data_dir) {
+                Err(crate::store::StoreError::Locked { .. }) => bail!(
+                    "a running wallscope holds {} and evaluates the alerts itself; stop it first",
+                    data_dir.display()
+                ),
+                other => other?,
             };
             let file = match &a.config {
                 Some(p) => crate::config::FileConfig::load(p).map_err(anyhow::Error::msg)?,

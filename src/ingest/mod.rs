@@ -40,6 +40,7 @@ pub use metrics::{
     Counter, IngestMetrics, MetricsSnapshot, STATUS_FILE, read_status, write_status,
 };
 pub use settings::{BrokerUrl, MqttConfig, Secret, default_client_id};
+pub use tls::pem_certs;
 
 /// Errors that end the source (everything else is retried).
 #[derive(Debug, thiserror::Error)]

@@ -15,16 +15,22 @@ fn cfg_err(s: String) -> IngestError {
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, IngestError> {
+    pem_certs(path, what).map_err(cfg_err)
+}
+
+/// The PEM certificates in `path` (at least one); errors name `what` and the file. Also what
+/// the HTTP API's TLS reads its chain with.
+pub fn pem_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let iter = CertificateDer::pem_file_iter(path)
-        .map_err(|e| cfg_err(format!("{what} {}: {e}", path.display())))?;
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let certs: Vec<_> = iter
         .collect::<Result<_, _>>()
-        .map_err(|e| cfg_err(format!("{what} {}: {e}", path.display())))?;
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(cfg_err(format!(
+        return Err(format!(
             "{what} {}: no PEM certificate in it",
             path.display()
-        )));
+        ));
     }
     Ok(certs)
 }

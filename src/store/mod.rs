@@ -555,6 +555,38 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     Ok(f)
 }
 
+/// A shared hold on a data directory's lock, for a reader that must not run beside a
+/// writer (and must not let one start meanwhile): `Ok(Some(file))` holds it until dropped,
+/// `Ok(None)` when no store was ever opened here (no lock file), `Err(Locked)` while a
+/// writer holds it.
+pub fn hold_shared(dir: &Path) -> Result<Option<fs::File>, StoreError> {
+    let path = dir.join("LOCK");
+    let f = match fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StoreError::Io {
+                dir: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    match f.try_lock_shared() {
+        Ok(()) => Ok(Some(f)),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+            pid: fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        }),
+        Err(fs::TryLockError::Error(source)) => Err(StoreError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// `<table>/date=YYYY-MM-DD/hour=HH/part-<id>.parquet`.
 fn partition_path(table: Table, hour_ms: i64, id: u64) -> String {
     let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(hour_ms).unwrap_or_default();
