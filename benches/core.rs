@@ -9,6 +9,10 @@
 //! Run: `cargo bench --bench core`. Bytes per stored row: `cargo run --release --example parquet_size`.
 
 use std::hint::black_box;
+
+/// The binary's allocator (src/main.rs), so the figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

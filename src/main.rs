@@ -4,6 +4,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: decode builds fresh Arrow buffers per batch and
+/// DataFusion allocates per operator; glibc hands big freed blocks back to the kernel and
+/// page-faults them in again (decode measured 0.87 M → 1.11 M msg/s/core with mimalloc,
+/// arrow-json 0.51 → 0.59 M). DataFusion's own CLI makes the same choice.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = wallscope::cli::Cli::parse();
     let default = match cli.verbose {

@@ -66,6 +66,10 @@ pub struct ReplayArgs {
     /// Unacknowledged messages in flight.
     #[arg(long, default_value_t = 1000)]
     pub inflight: u16,
+    /// When the broker connection drops, keep reconnecting this long (unacknowledged
+    /// messages are sent again: at least once); 0s fails at once.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub reconnect_for: String,
     /// MQTT client id of the publisher.
     #[arg(long, default_value = "wallscope-replay")]
     pub client_id: String,
@@ -203,6 +207,14 @@ pub fn cmd_replay(a: ReplayArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result
         rewrites,
         shift_ms,
         inflight: a.inflight.max(1),
+        reconnect_for_ms: parse_duration_ms(&a.reconnect_for)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--reconnect-for {:?}: {e} (e.g. 60s, 5m, 0s)",
+                    a.reconnect_for
+                )
+            })?
+            .max(0) as u64,
     };
     let total = crate::source::total_bytes(&a.files);
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -233,7 +245,14 @@ pub fn cmd_replay(a: ReplayArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result
             Some(p) => format!(", behind schedule p99 {p} ms"),
             None => String::new(),
         };
-        pb.set_message(format!("{} msgs, {rate:.0} msg/s{lag}", s.published));
+        let reconnects = match s.reconnects {
+            0 => String::new(),
+            n => format!(", reconnected {n}×"),
+        };
+        pb.set_message(format!(
+            "{} msgs, {rate:.0} msg/s{lag}{reconnects}",
+            s.published
+        ));
     };
     let result = rt.block_on(async {
         tokio::select! {
@@ -260,6 +279,12 @@ pub fn cmd_replay(a: ReplayArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result
         println!(
             "behind schedule: p50 {p50} ms, p99 {p99} ms, max {} ms",
             stats.lag.max_ms()
+        );
+    }
+    if stats.reconnects > 0 {
+        println!(
+            "the broker connection dropped {} time(s); unacknowledged messages were sent again (at least once)",
+            stats.reconnects
         );
     }
     if stats.bad_lines > 0 {

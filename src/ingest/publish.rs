@@ -2,8 +2,10 @@
 //!
 //! QoS 1 with a bounded in-flight window; [`Publisher::finish`] returns once the broker has
 //! acknowledged every message. Connection loss is retried: rumqttc resends unacknowledged
-//! publishes on the resumed session.
+//! publishes on the resumed session ([`Publisher`]); the bulk [`BatchPublisher`] reconnects
+//! and resends them itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -89,13 +91,13 @@ impl Publisher {
 
     /// Waits until the broker acknowledged everything published so far (at most `timeout`).
     pub async fn wait_all_acked(&self, timeout: Duration) -> Result<(), IngestError> {
-        wait_acked(&self.acked, self.published, timeout, || Ok(())).await
+        wait_acked(&self.acked, self.published, timeout).await
     }
 
     /// Waits until the broker acknowledged everything published (at most `timeout`), then
     /// disconnects. Returns how many were acknowledged.
     pub async fn finish(self, timeout: Duration) -> Result<u64, IngestError> {
-        wait_acked(&self.acked, self.published, timeout, || Ok(())).await?;
+        wait_acked(&self.acked, self.published, timeout).await?;
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
         Ok(self.acked.load(Ordering::Relaxed))
@@ -107,22 +109,45 @@ impl Publisher {
 /// flushes the socket after every single publish (one syscall per message), which halves
 /// the rate a replay can reach; this writes the same packets (rumqttc's encoder) in bulk.
 ///
-/// Clean session, no keep-alive pings (a replay may pause longer than any keep-alive), and
-/// no reconnect: a lost connection ends the replay with an error that says how far it got.
+/// Clean session, no keep-alive pings (a replay may pause longer than any keep-alive). A
+/// lost connection is re-established (backoff up to [`RECONNECT_MAX_BACKOFF_MS`], for at most
+/// `reconnect_for`) and every unacknowledged publish is sent again with DUP set, in the
+/// order it was first sent: at-least-once across broker restarts. Past `reconnect_for` the
+/// replay ends with an error that says how far it got.
 pub struct BatchPublisher {
+    broker: BrokerUrl,
+    client_id: String,
+    name: String,
     writer: tokio::net::tcp::OwnedWriteHalf,
     buf: bytes::BytesMut,
     next_pkid: u16,
+    /// Sequence number of the next publish (resend order).
+    next_seq: u64,
     window: Arc<tokio::sync::Semaphore>,
+    /// Every publish not yet acknowledged, encoded: pkid → (seq, packet).
+    unacked: Arc<std::sync::Mutex<HashMap<u16, (u64, bytes::Bytes)>>>,
     acked: Arc<AtomicU64>,
     published: u64,
+    reconnects: u64,
+    reconnect_for: Duration,
     reader: tokio::task::JoinHandle<Result<(), IngestError>>,
-    broker: String,
+    /// Signalled when this connection's reader ends (EOF or error).
+    dead: Arc<tokio::sync::Notify>,
 }
 
 /// Bytes buffered before a write even when the window has room.
 const BATCH_BYTES: usize = 256 << 10;
 const MAX_PACKET: usize = 16 << 20;
+/// Longest wait between two reconnect attempts.
+pub const RECONNECT_MAX_BACKOFF_MS: u64 = 2000;
+/// How long a replay keeps trying to reconnect before it gives up.
+pub const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+type Connection = (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+    bytes::BytesMut,
+);
 
 impl BatchPublisher {
     /// Connects to a plain-TCP broker and waits for its CONNACK.
@@ -131,126 +156,165 @@ impl BatchPublisher {
         client_id: &str,
         inflight: u16,
     ) -> Result<Self, IngestError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let name = broker.redacted();
         if broker.tls {
             return Err(IngestError::Config(
                 "publishing supports mqtt:// brokers only".into(),
             ));
         }
-        let io = |e: std::io::Error| IngestError::Config(format!("broker {name}: {e}"));
-        let stream = tokio::net::TcpStream::connect((broker.host.as_str(), broker.port))
-            .await
-            .map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        let (mut rd, mut wr) = stream.into_split();
-        let mut connect = rumqttc::Connect::new(client_id);
-        // The longest keep-alive there is (18 h), not 0: this publisher sends no PINGREQs,
-        // and rumqttd (the embedded broker) refuses a CONNECT without keep-alive.
-        connect.keep_alive = u16::MAX;
-        connect.clean_session = true;
-        let mut buf = bytes::BytesMut::with_capacity(BATCH_BYTES * 2);
-        rumqttc::Packet::Connect(connect)
-            .write(&mut buf, MAX_PACKET)
-            .map_err(|e| IngestError::Config(format!("encoding CONNECT: {e}")))?;
-        wr.write_all(&buf).await.map_err(io)?;
-        buf.clear();
-        let mut inbuf = bytes::BytesMut::with_capacity(64 << 10);
-        let connack = loop {
-            match rumqttc::Packet::read(&mut inbuf, MAX_PACKET) {
-                Ok(p) => break p,
-                Err(rumqttc::Error::InsufficientBytes(_)) => {
-                    if rd.read_buf(&mut inbuf).await.map_err(io)? == 0 {
-                        return Err(IngestError::Config(format!(
-                            "broker {name} closed the connection before CONNACK"
-                        )));
-                    }
-                }
-                Err(e) => return Err(IngestError::Config(format!("broker {name}: {e}"))),
-            }
-        };
-        match connack {
-            rumqttc::Packet::ConnAck(a) if a.code == rumqttc::ConnectReturnCode::Success => {}
-            rumqttc::Packet::ConnAck(a) => {
-                return Err(IngestError::Refused {
-                    broker: name,
-                    reason: format!("{:?}", a.code),
-                });
-            }
-            other => {
-                return Err(IngestError::Config(format!(
-                    "broker {name} answered CONNECT with {other:?}"
-                )));
-            }
-        }
+        let name = broker.redacted();
+        let (rd, wr, inbuf) = open(broker, client_id).await?;
         let window = Arc::new(tokio::sync::Semaphore::new(inflight.max(1) as usize));
         let acked = Arc::new(AtomicU64::new(0));
-        let (w, a, n) = (window.clone(), acked.clone(), name.clone());
-        let reader = tokio::spawn(async move {
-            loop {
-                match rumqttc::Packet::read(&mut inbuf, MAX_PACKET) {
-                    Ok(rumqttc::Packet::PubAck(_)) => {
-                        a.fetch_add(1, Ordering::Relaxed);
-                        w.add_permits(1);
-                    }
-                    Ok(_) => {}
-                    Err(rumqttc::Error::InsufficientBytes(_)) => {
-                        // Without spare room `read_buf` reads 64 bytes at a time.
-                        inbuf.reserve(64 << 10);
-                        match rd.read_buf(&mut inbuf).await {
-                            Ok(0) => return Ok(()),
-                            Ok(_) => {}
-                            Err(e) => {
-                                return Err(IngestError::Config(format!("broker {n}: {e}")));
-                            }
-                        }
-                    }
-                    Err(e) => return Err(IngestError::Config(format!("broker {n}: {e}"))),
-                }
-            }
-        });
+        let unacked = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let dead = Arc::new(tokio::sync::Notify::new());
+        let reader = spawn_reader(
+            rd,
+            inbuf,
+            name.clone(),
+            window.clone(),
+            acked.clone(),
+            unacked.clone(),
+            dead.clone(),
+        );
         Ok(BatchPublisher {
+            broker: broker.clone(),
+            client_id: client_id.to_string(),
+            name,
             writer: wr,
-            buf,
+            buf: bytes::BytesMut::with_capacity(BATCH_BYTES * 2),
             next_pkid: 0,
+            next_seq: 0,
             window,
+            unacked,
             acked,
             published: 0,
+            reconnects: 0,
+            reconnect_for: DEFAULT_RECONNECT_FOR,
             reader,
-            broker: name,
+            dead,
         })
+    }
+
+    /// How long to keep trying after the connection is lost (0: fail at once).
+    pub fn set_reconnect_for(&mut self, d: Duration) {
+        self.reconnect_for = d;
     }
 
     fn lost(&self, e: impl std::fmt::Display) -> IngestError {
         IngestError::Config(format!(
             "lost the connection to broker {} after {} messages ({} acknowledged): {e}",
-            self.broker,
+            self.name,
             self.published,
             self.acked()
         ))
     }
 
+    /// Re-establishes the connection after `why` and sends every unacknowledged publish
+    /// again (DUP set), oldest first. Fails once `reconnect_for` has passed, or at once when
+    /// the broker refuses the connection (it will not change its mind).
+    async fn reconnect(&mut self, why: String) -> Result<(), IngestError> {
+        use tokio::io::AsyncWriteExt;
+        self.reader.abort();
+        self.buf.clear(); // everything buffered is in `unacked` and goes out again below
+        let deadline = tokio::time::Instant::now() + self.reconnect_for;
+        tracing::warn!(broker = %self.name, published = self.published, acked = self.acked(),
+            error = %why, "replay lost its broker connection; reconnecting");
+        let mut attempt = 0u32;
+        let mut last = why.clone();
+        loop {
+            if attempt > 0 {
+                let wait = super::backoff_ms(attempt, 50, RECONNECT_MAX_BACKOFF_MS);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.lost(format!(
+                    "{why}; not reconnected within {} s (last error: {last})",
+                    self.reconnect_for.as_secs()
+                )));
+            }
+            attempt += 1;
+            let (rd, wr, inbuf) = match open(&self.broker, &self.client_id).await {
+                Ok(c) => c,
+                Err(e @ IngestError::Refused { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(broker = %self.name, attempt, error = %e, "reconnect failed");
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            self.writer = wr;
+            self.dead = Arc::new(tokio::sync::Notify::new());
+            self.reader = spawn_reader(
+                rd,
+                inbuf,
+                self.name.clone(),
+                self.window.clone(),
+                self.acked.clone(),
+                self.unacked.clone(),
+                self.dead.clone(),
+            );
+            let mut resend: Vec<(u64, bytes::Bytes)> = self
+                .unacked
+                .lock()
+                .map_err(|_| self.lost("publisher state poisoned"))?
+                .values()
+                .cloned()
+                .collect();
+            resend.sort_unstable_by_key(|(seq, _)| *seq);
+            for (_, p) in &resend {
+                let at = self.buf.len();
+                self.buf.extend_from_slice(p);
+                self.buf[at] |= 0x08; // DUP: a redelivery (MQTT 3.1.1 §3.3.1.1)
+            }
+            let r = self.writer.write_all(&self.buf).await;
+            self.buf.clear();
+            match r {
+                Ok(()) => {
+                    self.reconnects += 1;
+                    tracing::info!(broker = %self.name, resent = resend.len(), attempt,
+                        "replay reconnected");
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.reader.abort();
+                    last = e.to_string();
+                }
+            }
+        }
+    }
+
     /// Queues one message; sends the buffer when it is large or the window is full.
     pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), IngestError> {
-        let permit = match self.window.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                // The window is full: what is buffered must go out for acks to come back.
-                self.flush().await?;
-                self.window
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| self.lost(e))?
+        let permit = loop {
+            if let Ok(p) = self.window.clone().try_acquire_owned() {
+                break p;
+            }
+            // The window is full: what is buffered must go out for acks to come back.
+            self.flush().await?;
+            let dead = self.dead.clone();
+            tokio::select! {
+                p = self.window.clone().acquire_owned() => {
+                    break p.map_err(|e| self.lost(e))?;
+                }
+                _ = dead.notified() => {
+                    self.reconnect("the broker closed the connection".into()).await?;
+                }
             }
         };
         permit.forget(); // returned by the reader, one per PUBACK
         self.next_pkid = self.next_pkid % u16::MAX + 1;
         let mut p = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload);
         p.pkid = self.next_pkid;
+        let at = self.buf.len();
         rumqttc::Packet::Publish(p)
             .write(&mut self.buf, MAX_PACKET)
             .map_err(|e| IngestError::Config(format!("encoding PUBLISH on {topic}: {e}")))?;
+        let packet = bytes::Bytes::copy_from_slice(&self.buf[at..]);
+        self.unacked
+            .lock()
+            .map_err(|_| self.lost("publisher state poisoned"))?
+            .insert(self.next_pkid, (self.next_seq, packet));
+        self.next_seq += 1;
         self.published += 1;
         if self.buf.len() >= BATCH_BYTES {
             self.flush().await?;
@@ -264,12 +328,19 @@ impl BatchPublisher {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if self.reader.is_finished() {
-            return Err(self.lost("the broker closed the connection"));
-        }
-        let r = self.writer.write_all(&self.buf).await;
+        let r = if self.reader.is_finished() {
+            Err("the broker closed the connection".to_string())
+        } else {
+            self.writer
+                .write_all(&self.buf)
+                .await
+                .map_err(|e| e.to_string())
+        };
         self.buf.clear();
-        r.map_err(|e| self.lost(e))
+        match r {
+            Ok(()) => Ok(()),
+            Err(why) => self.reconnect(why).await,
+        }
     }
 
     pub fn published(&self) -> u64 {
@@ -280,19 +351,32 @@ impl BatchPublisher {
         self.acked.load(Ordering::Relaxed)
     }
 
+    /// Times the connection was lost and re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
     /// Sends the rest, waits until the broker acknowledged everything (at most `timeout`),
     /// then disconnects. Returns how many were acknowledged.
     pub async fn finish(mut self, timeout: Duration) -> Result<u64, IngestError> {
         use tokio::io::AsyncWriteExt;
         self.flush().await?;
-        wait_acked(&self.acked, self.published, timeout, || {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.acked() < self.published {
             if self.reader.is_finished() {
-                Err(self.lost("the broker closed the connection"))
-            } else {
-                Ok(())
+                self.reconnect("the broker closed the connection".into())
+                    .await?;
+                continue;
             }
-        })
-        .await?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(IngestError::Config(format!(
+                    "the broker acknowledged {} of {} published messages within {timeout:?}",
+                    self.acked(),
+                    self.published
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let mut bye = bytes::BytesMut::new();
         let _ = rumqttc::Packet::Disconnect.write(&mut bye, MAX_PACKET);
         let _ = self.writer.write_all(&bye).await;
@@ -302,17 +386,105 @@ impl BatchPublisher {
     }
 }
 
-/// Waits until `acked` reaches `published` (at most `timeout`); `alive` reports a connection
-/// that can no longer deliver acks.
+/// Opens a TCP connection, sends CONNECT (clean session, the longest keep-alive) and waits
+/// for a successful CONNACK.
+async fn open(broker: &BrokerUrl, client_id: &str) -> Result<Connection, IngestError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let name = broker.redacted();
+    let io = |e: std::io::Error| IngestError::Config(format!("broker {name}: {e}"));
+    let stream = tokio::net::TcpStream::connect((broker.host.as_str(), broker.port))
+        .await
+        .map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let mut connect = rumqttc::Connect::new(client_id);
+    // The longest keep-alive there is (18 h), not 0: this publisher sends no PINGREQs,
+    // and rumqttd (the embedded broker) refuses a CONNECT without keep-alive.
+    connect.keep_alive = u16::MAX;
+    connect.clean_session = true;
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::Packet::Connect(connect)
+        .write(&mut buf, MAX_PACKET)
+        .map_err(|e| IngestError::Config(format!("encoding CONNECT: {e}")))?;
+    wr.write_all(&buf).await.map_err(io)?;
+    let mut inbuf = bytes::BytesMut::with_capacity(64 << 10);
+    let connack = loop {
+        match rumqttc::Packet::read(&mut inbuf, MAX_PACKET) {
+            Ok(p) => break p,
+            Err(rumqttc::Error::InsufficientBytes(_)) => {
+                if rd.read_buf(&mut inbuf).await.map_err(io)? == 0 {
+                    return Err(IngestError::Config(format!(
+                        "broker {name} closed the connection before CONNACK"
+                    )));
+                }
+            }
+            Err(e) => return Err(IngestError::Config(format!("broker {name}: {e}"))),
+        }
+    };
+    match connack {
+        rumqttc::Packet::ConnAck(a) if a.code == rumqttc::ConnectReturnCode::Success => {
+            Ok((rd, wr, inbuf))
+        }
+        rumqttc::Packet::ConnAck(a) => Err(IngestError::Refused {
+            broker: name,
+            reason: format!("{:?}", a.code),
+        }),
+        other => Err(IngestError::Config(format!(
+            "broker {name} answered CONNECT with {other:?}"
+        ))),
+    }
+}
+
+/// Reads PUBACKs: each one for a publish still unacknowledged frees one window slot (a
+/// duplicate ack, possible after a resend, frees none). Signals `dead` when it ends.
+fn spawn_reader(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut inbuf: bytes::BytesMut,
+    name: String,
+    window: Arc<tokio::sync::Semaphore>,
+    acked: Arc<AtomicU64>,
+    unacked: Arc<std::sync::Mutex<HashMap<u16, (u64, bytes::Bytes)>>>,
+    dead: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<Result<(), IngestError>> {
+    use tokio::io::AsyncReadExt;
+    tokio::spawn(async move {
+        let r = loop {
+            match rumqttc::Packet::read(&mut inbuf, MAX_PACKET) {
+                Ok(rumqttc::Packet::PubAck(a)) => {
+                    let known = unacked
+                        .lock()
+                        .is_ok_and(|mut u| u.remove(&a.pkid).is_some());
+                    if known {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        window.add_permits(1);
+                    }
+                }
+                Ok(_) => {}
+                Err(rumqttc::Error::InsufficientBytes(_)) => {
+                    // Without spare room `read_buf` reads 64 bytes at a time.
+                    inbuf.reserve(64 << 10);
+                    match rd.read_buf(&mut inbuf).await {
+                        Ok(0) => break Ok(()),
+                        Ok(_) => {}
+                        Err(e) => break Err(IngestError::Config(format!("broker {name}: {e}"))),
+                    }
+                }
+                Err(e) => break Err(IngestError::Config(format!("broker {name}: {e}"))),
+            }
+        };
+        dead.notify_one();
+        r
+    })
+}
+
+/// Waits until `acked` reaches `published` (at most `timeout`).
 async fn wait_acked(
     acked: &AtomicU64,
     published: u64,
     timeout: Duration,
-    alive: impl Fn() -> Result<(), IngestError>,
 ) -> Result<(), IngestError> {
     let deadline = tokio::time::Instant::now() + timeout;
     while acked.load(Ordering::Relaxed) < published {
-        alive()?;
         if tokio::time::Instant::now() >= deadline {
             return Err(IngestError::Config(format!(
                 "the broker acknowledged {} of {published} published messages within {timeout:?}",

@@ -151,6 +151,8 @@ pub struct ReplayConfig {
     pub shift_ms: i64,
     /// Unacknowledged messages allowed in flight.
     pub inflight: u16,
+    /// How long to keep reconnecting after the broker connection is lost.
+    pub reconnect_for_ms: u64,
 }
 
 /// Progress and outcome.
@@ -165,6 +167,9 @@ pub struct ReplayStats {
     pub lag: LagHistogram,
     pub elapsed_ms: u64,
     pub passes: u64,
+    /// Times the broker connection was lost and re-established (unacknowledged messages
+    /// were sent again).
+    pub reconnects: u64,
 }
 
 /// Lateness per message in 1 ms buckets up to a minute (later counts as a minute).
@@ -222,6 +227,7 @@ pub async fn replay(
     let mut stats = ReplayStats::default();
     let started = tokio::time::Instant::now();
     let mut publisher = BatchPublisher::connect(&cfg.broker, &cfg.client_id, cfg.inflight).await?;
+    publisher.set_reconnect_for(Duration::from_millis(cfg.reconnect_for_ms));
     let mut last_report = started;
     // Schedule origin: the first message's time, and the input's span for loops.
     let mut origin: Option<i64> = None;
@@ -297,6 +303,7 @@ pub async fn replay(
                 if now - last_report >= Duration::from_millis(200) {
                     last_report = now;
                     stats.acked = publisher.acked();
+                    stats.reconnects = publisher.reconnects();
                     stats.elapsed_ms = (now - started).as_millis() as u64;
                     progress(&stats);
                 }
@@ -314,6 +321,7 @@ pub async fn replay(
         span_ms = span_ms.max(last_ts - first + 1000);
         stats.passes = pass + 1;
     }
+    stats.reconnects = publisher.reconnects();
     stats.acked = publisher.finish(Duration::from_secs(600)).await?;
     stats.elapsed_ms = started.elapsed().as_millis() as u64;
     progress(&stats);
@@ -427,6 +435,7 @@ mod tests {
             rewrites: vec![],
             shift_ms: 0,
             inflight: 10,
+            reconnect_for_ms: 0,
         }
     }
 

@@ -359,6 +359,7 @@ fn loop_passes_move_on_in_time() {
         rewrites: vec![],
         shift_ms: 0,
         inflight: 100,
+        reconnect_for_ms: 0,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stats = rt.block_on(replay_lib(&cfg, &mut |_| {})).unwrap();
@@ -554,4 +555,62 @@ fn a_killed_recorder_leaves_readable_rotated_compressed_files() {
     for k in sent.keys() {
         assert!(got.contains_key(k), "message lost across the kill: {}", k.0);
     }
+}
+
+#[test]
+fn a_replay_survives_a_broker_restart() {
+    let d = tempfile::tempdir().unwrap();
+    // A restart needs a broker in another process that keeps its sessions on disk.
+    let Some(mut broker) = TestBroker::mosquitto_only(d.path(), "") else {
+        eprintln!("mosquitto not found: skipping the broker-restart replay test");
+        return;
+    };
+    let sim = simulate(
+        d.path(),
+        SimConfig {
+            devices: 10,
+            duration_ms: 20 * 60_000,
+            poll_interval_ms: 2000,
+            seed: 11,
+            ..SimConfig::default()
+        },
+    );
+    let sent = messages(std::slice::from_ref(&sim));
+    let rec = d.path().join("rec.jsonl");
+    let recorder = start_recorder(d.path(), &broker.url(), &rec);
+    // 20 simulated minutes at 200×: about 6 s of replay; the broker goes away for a second
+    // in the middle of it.
+    let (file, port) = (sim.clone(), broker.port);
+    let replaying = std::thread::spawn(move || replay(&file, port, &["--speed", "200"]));
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart(Duration::from_secs(1));
+    let out = replaying.join().unwrap();
+    assert!(
+        out.contains("dropped 1 time(s)"),
+        "the replay did not notice the restart: {out}"
+    );
+    // Every message arrives at least once (the recorder's session survives the restart in
+    // Mosquitto's persistence file); redeliveries may add copies, nothing else.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got = messages_of(std::slice::from_ref(&rec), false);
+        if sent
+            .iter()
+            .all(|(k, n)| got.get(k).copied().unwrap_or(0) >= *n)
+        {
+            break got;
+        }
+        let missing = sent.keys().filter(|k| !got.contains_key(*k)).count();
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} messages never arrived after the restart",
+            sent.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(recorder.stop(), "record did not exit cleanly");
+    assert!(
+        got.keys().all(|k| sent.contains_key(k)),
+        "recorded a message that was never replayed"
+    );
 }
