@@ -442,6 +442,26 @@ proptest! {
         prop_assert_eq!(b.rows(), 1);
     }
 
+    /// A payload with invalid UTF-8 anywhere (a known field, an unknown key or value, a
+    /// string, between members) is never stored: it is dead-lettered as `invalid_utf8`,
+    /// though the decoder checks UTF-8 only where it keeps text.
+    #[test]
+    fn invalid_utf8_anywhere_is_dead_lettered_as_such(at in 0usize..800, bad in 0x80u8..=0xff, unknown in any::<bool>()) {
+        let mut p = valid_payload();
+        if unknown {
+            // Unknown members are kept verbatim in `extra`: their bytes must be checked too.
+            let member = r#""future_note":"café","future_list":["ø",1],"#.as_bytes();
+            p.splice(1..1, member.iter().copied());
+        }
+        let i = at % p.len();
+        p[i] = bad;
+        prop_assume!(std::str::from_utf8(&p).is_err());
+        let mut d = Decoder::new(DecodeConfig::default());
+        let mut b = TableBuilders::default();
+        let out = d.decode(&msg("wc/p/vitals", &p), &mut b);
+        prop_assert_eq!(out, Outcome::Dead(ErrorClass::InvalidUtf8));
+    }
+
     /// Mutations of a real payload (truncation, byte flips, insertions) never panic.
     #[test]
     fn never_panics_on_mutated_payloads(cut in 0usize..700, flips in proptest::collection::vec((0usize..700, any::<u8>()), 0..6)) {
