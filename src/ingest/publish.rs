@@ -121,12 +121,7 @@ pub struct BatchPublisher {
     writer: tokio::net::tcp::OwnedWriteHalf,
     buf: bytes::BytesMut,
     next_pkid: u16,
-    /// Sequence number of the next publish (resend order).
-    next_seq: u64,
-    window: Arc<tokio::sync::Semaphore>,
-    /// Every publish not yet acknowledged, encoded: pkid → (seq, packet).
-    unacked: Arc<std::sync::Mutex<HashMap<u16, (u64, bytes::Bytes)>>>,
-    acked: Arc<AtomicU64>,
+    inflight: Arc<InFlight>,
     published: u64,
     reconnects: u64,
     reconnect_for: Duration,
@@ -142,6 +137,21 @@ const MAX_PACKET: usize = 16 << 20;
 pub const RECONNECT_MAX_BACKOFF_MS: u64 = 2000;
 /// How long a replay keeps trying to reconnect before it gives up.
 pub const DEFAULT_RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// What the publisher and its PUBACK reader share, across reconnects.
+struct InFlight {
+    /// One permit per message that may still be sent before an acknowledgement.
+    window: tokio::sync::Semaphore,
+    /// Every publish not yet acknowledged, encoded: pkid → (publish number, packet). The
+    /// publish number orders resends; the map's size is what is outstanding.
+    unacked: std::sync::Mutex<HashMap<u16, (u64, bytes::Bytes)>>,
+}
+
+impl InFlight {
+    fn outstanding(&self) -> u64 {
+        self.unacked.lock().map_or(0, |u| u.len() as u64)
+    }
+}
 
 type Connection = (
     tokio::net::tcp::OwnedReadHalf,
@@ -163,19 +173,12 @@ impl BatchPublisher {
         }
         let name = broker.redacted();
         let (rd, wr, inbuf) = open(broker, client_id).await?;
-        let window = Arc::new(tokio::sync::Semaphore::new(inflight.max(1) as usize));
-        let acked = Arc::new(AtomicU64::new(0));
-        let unacked = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let shared = Arc::new(InFlight {
+            window: tokio::sync::Semaphore::new(inflight.max(1) as usize),
+            unacked: std::sync::Mutex::new(HashMap::new()),
+        });
         let dead = Arc::new(tokio::sync::Notify::new());
-        let reader = spawn_reader(
-            rd,
-            inbuf,
-            name.clone(),
-            window.clone(),
-            acked.clone(),
-            unacked.clone(),
-            dead.clone(),
-        );
+        let reader = spawn_reader(rd, inbuf, name.clone(), shared.clone(), dead.clone());
         Ok(BatchPublisher {
             broker: broker.clone(),
             client_id: client_id.to_string(),
@@ -183,10 +186,7 @@ impl BatchPublisher {
             writer: wr,
             buf: bytes::BytesMut::with_capacity(BATCH_BYTES * 2),
             next_pkid: 0,
-            next_seq: 0,
-            window,
-            unacked,
-            acked,
+            inflight: shared,
             published: 0,
             reconnects: 0,
             reconnect_for: DEFAULT_RECONNECT_FOR,
@@ -248,12 +248,11 @@ impl BatchPublisher {
                 rd,
                 inbuf,
                 self.name.clone(),
-                self.window.clone(),
-                self.acked.clone(),
-                self.unacked.clone(),
+                self.inflight.clone(),
                 self.dead.clone(),
             );
             let mut resend: Vec<(u64, bytes::Bytes)> = self
+                .inflight
                 .unacked
                 .lock()
                 .map_err(|_| self.lost("publisher state poisoned"))?
@@ -285,23 +284,25 @@ impl BatchPublisher {
 
     /// Queues one message; sends the buffer when it is large or the window is full.
     pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), IngestError> {
-        let permit = loop {
-            if let Ok(p) = self.window.clone().try_acquire_owned() {
-                break p;
+        // A window slot is given back by the reader, one per PUBACK: the permit is forgotten.
+        loop {
+            if let Ok(p) = self.inflight.window.try_acquire() {
+                p.forget();
+                break;
             }
             // The window is full: what is buffered must go out for acks to come back.
             self.flush().await?;
-            let dead = self.dead.clone();
+            let (inflight, dead) = (self.inflight.clone(), self.dead.clone());
             tokio::select! {
-                p = self.window.clone().acquire_owned() => {
-                    break p.map_err(|e| self.lost(e))?;
+                p = inflight.window.acquire() => {
+                    p.map_err(|e| self.lost(e))?.forget();
+                    break;
                 }
                 _ = dead.notified() => {
                     self.reconnect("the broker closed the connection".into()).await?;
                 }
             }
-        };
-        permit.forget(); // returned by the reader, one per PUBACK
+        }
         self.next_pkid = self.next_pkid % u16::MAX + 1;
         let mut p = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload);
         p.pkid = self.next_pkid;
@@ -310,11 +311,11 @@ impl BatchPublisher {
             .write(&mut self.buf, MAX_PACKET)
             .map_err(|e| IngestError::Config(format!("encoding PUBLISH on {topic}: {e}")))?;
         let packet = bytes::Bytes::copy_from_slice(&self.buf[at..]);
-        self.unacked
+        self.inflight
+            .unacked
             .lock()
             .map_err(|_| self.lost("publisher state poisoned"))?
-            .insert(self.next_pkid, (self.next_seq, packet));
-        self.next_seq += 1;
+            .insert(self.next_pkid, (self.published, packet));
         self.published += 1;
         if self.buf.len() >= BATCH_BYTES {
             self.flush().await?;
@@ -348,7 +349,7 @@ impl BatchPublisher {
     }
 
     pub fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
+        self.published - self.inflight.outstanding()
     }
 
     /// Times the connection was lost and re-established.
@@ -441,9 +442,7 @@ fn spawn_reader(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     mut inbuf: bytes::BytesMut,
     name: String,
-    window: Arc<tokio::sync::Semaphore>,
-    acked: Arc<AtomicU64>,
-    unacked: Arc<std::sync::Mutex<HashMap<u16, (u64, bytes::Bytes)>>>,
+    inflight: Arc<InFlight>,
     dead: Arc<tokio::sync::Notify>,
 ) -> tokio::task::JoinHandle<Result<(), IngestError>> {
     use tokio::io::AsyncReadExt;
@@ -451,12 +450,12 @@ fn spawn_reader(
         let r = loop {
             match rumqttc::Packet::read(&mut inbuf, MAX_PACKET) {
                 Ok(rumqttc::Packet::PubAck(a)) => {
-                    let known = unacked
+                    let known = inflight
+                        .unacked
                         .lock()
                         .is_ok_and(|mut u| u.remove(&a.pkid).is_some());
                     if known {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                        window.add_permits(1);
+                        inflight.window.add_permits(1);
                     }
                 }
                 Ok(_) => {}
