@@ -527,6 +527,10 @@ fn a_killed_recorder_leaves_readable_rotated_compressed_files() {
         &d.path().join("recdata"),
         &["record", "--broker", &url, "--out", out.to_str().unwrap()],
     );
+    // Wait for it to connect (its line follows the killed one's in the shared log): when the
+    // killed recorder had written everything, the loop below ends at once, and a SIGTERM
+    // before the new process installs its handler would fail `stop` for no fault of its own.
+    recorder.wait_log("connected;", 2);
     let total: u64 = sent.values().sum();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -544,7 +548,12 @@ fn a_killed_recorder_leaves_readable_rotated_compressed_files() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(recorder.stop());
+    let log = d.path().join("recdata").with_extension("log");
+    assert!(
+        recorder.stop(),
+        "record did not exit cleanly: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // Stopped cleanly: every file is whole now.
     let files: Vec<PathBuf> = std::fs::read_dir(&recdir)
         .unwrap()
