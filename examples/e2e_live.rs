@@ -3,17 +3,30 @@
 //! whether ingest keeps up and how long findings trail the data they come from.
 //!
 //! cargo build --release --bins --examples && target/release/examples/e2e_live \
-//!     [--devices 200000] [--poll-s 10] [--seconds 120] [--fault-rate 0.02]
+//!     [--devices 200000] [--poll-s 10] [--seconds 120] [--fault-rate 0.02] \
+//!     [--faulty 0] [--history-min 180]
 //!
 //! The fleet is simulated up front (with its faults, starting now, so event time is wall
 //! time), then published paced by each message's timestamp: devices / poll-s messages per
 //! second. Every second the benchmark reads `ingest-status.json`: rows durable, rule
-//! evaluations, and `rule_lag_ms_last` — wall time from a batch becoming durable to the end
-//! of the evaluation that covered it, i.e. how long a finding trails its evidence landing.
-//! Alerts go to a file sink (group wait 1 s); a thread tails it, and each firing
-//! notification's latency is the wall time it appeared minus its finding's `detected_at`
-//! (event time of the newest data the detecting evaluation saw; the fleet is paced in real
-//! time, so event time is wall time): evidence landing → notification delivered.
+//! evaluations, `rule_lag_ms_last` — wall time from a batch becoming durable to the end of
+//! the evaluation that covered it, i.e. how long a finding trails its evidence landing —
+//! and `rule_watermark_ms`, the newest event time each evaluation covered.
+//!
+//! A simulated fault needs 30 min to 3 h of telemetry before its signature is complete, far
+//! longer than a live run. `--faulty N` splits the fleet: N chargers (of `--devices`), every
+//! one with a fault, are simulated from `--history-min` before now; their past is imported
+//! before `run` starts (what the store of a running deployment holds) and their present is
+//! published live with the rest, so signatures complete while the load runs. The other
+//! chargers are simulated for the live window only.
+//!
+//! Alerts go to a file sink (group wait 1 s); a thread tails it. Each firing fault
+//! notification is timed two ways: from its finding's `detected_at` (event time of the
+//! newest data the detecting evaluation saw: a lower bound of the latency), and from the
+//! watermark of the evaluation before it (the evidence that completed the signature landed
+//! after that: an upper bound). Event time is wall time here, since the fleet is paced in
+//! real time. Alerts for a (rule, device) that `diagnose --store` finds in the imported past
+//! are left out, and so are those no earlier live evaluation bounds.
 //! Needs `mosquitto` and the release `wallscope` binary beside this example.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -33,6 +46,8 @@ struct Args {
     poll_s: i64,
     seconds: i64,
     fault_rate: f64,
+    faulty: usize,
+    history_min: i64,
 }
 
 fn args() -> Args {
@@ -41,6 +56,8 @@ fn args() -> Args {
         poll_s: 10,
         seconds: 120,
         fault_rate: 0.02,
+        faulty: 0,
+        history_min: 180,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
@@ -50,6 +67,8 @@ fn args() -> Args {
             "--poll-s" => a.poll_s = val.parse().unwrap(),
             "--seconds" => a.seconds = val.parse().unwrap(),
             "--fault-rate" => a.fault_rate = val.parse().unwrap(),
+            "--faulty" => a.faulty = val.parse().unwrap(),
+            "--history-min" => a.history_min = val.parse().unwrap(),
             f => panic!("unknown flag {f}"),
         }
     }
@@ -71,10 +90,14 @@ fn main() {
     // 1. The fleet, simulated before the clock starts (a little ahead of now, so the
     // schedule begins in the future once generation is done).
     let gen_started = Instant::now();
-    let lead_ms = 5_000 + a.devices as i64 / 20;
+    // Generation (and the import of the faulty chargers' past: ~10 µs a message) runs ahead
+    // of the schedule.
+    let lead_ms =
+        5_000 + a.devices as i64 / 20 + a.faulty as i64 * a.history_min * 6 / a.poll_s / 10;
     let start_ms = chrono::Utc::now().timestamp_millis() + lead_ms;
+    assert!(a.faulty <= a.devices, "--faulty cannot exceed --devices");
     let mut sim = Simulator::new(SimConfig {
-        devices: a.devices,
+        devices: a.devices - a.faulty,
         start_ms,
         duration_ms: a.seconds * 1000,
         seed: 11,
@@ -90,15 +113,90 @@ fn main() {
         Ok(())
     })
     .unwrap();
-    msgs.sort_by_key(|m| m.0);
     let mut reg = Vec::new();
     wallscope::sim::write_devices_csv(sim.devices(), &mut reg).unwrap();
     std::fs::create_dir_all(&data).unwrap();
+    let mut history = 0u64;
+    let mut in_past: std::collections::HashSet<(String, String)> = Default::default();
+    if a.faulty > 0 {
+        // The faulty chargers: their past into a capture imported before `run`, their
+        // present into the live schedule.
+        let mut fx = Simulator::new(SimConfig {
+            devices: a.faulty,
+            start_ms: start_ms - a.history_min * 60_000,
+            duration_ms: a.history_min * 60_000 + a.seconds * 1000,
+            seed: 12,
+            poll_interval_ms: a.poll_s * 1000,
+            fault_rate: 1.0,
+            device_prefix: "fx".into(),
+            ..SimConfig::default()
+        })
+        .unwrap();
+        let past_path = tmp.path().join("past.jsonl");
+        let mut past = std::io::BufWriter::new(std::fs::File::create(&past_path).unwrap());
+        fx.run(&mut |r| {
+            if r.ts_ms < start_ms {
+                use std::io::Write;
+                history += 1;
+                writeln!(past, "{}", r.render())
+            } else {
+                msgs.push((r.ts_ms, r.topic, r.payload));
+                Ok(())
+            }
+        })
+        .unwrap();
+        drop(past);
+        let mut more = Vec::new();
+        wallscope::sim::write_devices_csv(fx.devices(), &mut more).unwrap();
+        let body = more.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+        reg.extend_from_slice(&more[body..]);
+        let st = Command::new(wallscope_bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("import")
+            .arg(&past_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("wallscope binary (cargo build --release first)");
+        // Exit 1 means some lines were dead-lettered (the simulator's firmware quirks).
+        assert!(st.code().is_some_and(|c| c <= 1), "import failed: {st}");
+        // What the past already shows (diagnose, read-only): those alerts are not timed.
+        std::fs::write(tmp.path().join("devices-fx.csv"), &reg).unwrap();
+        let out = Command::new(wallscope_bin())
+            .arg("diagnose")
+            .arg("--store")
+            .arg(&data)
+            .arg("--json")
+            .arg("--devices")
+            .arg(tmp.path().join("devices-fx.csv"))
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                && let (Some(r), Some(d)) = (v["rule"].as_str(), v["device_id"].as_str())
+            {
+                in_past.insert((r.to_string(), d.to_string()));
+            }
+        }
+    }
+    msgs.sort_by_key(|m| m.0);
     std::fs::write(tmp.path().join("devices.csv"), reg).unwrap();
     eprintln!(
-        "simulated {} messages of {} devices in {:.1} s",
+        "simulated {} live messages of {} devices{} in {:.1} s",
         msgs.len(),
         a.devices,
+        if a.faulty > 0 {
+            format!(
+                " ({} faulty, {history} messages of their past {} min imported, showing {} findings)",
+                a.faulty,
+                a.history_min,
+                in_past.len()
+            )
+        } else {
+            String::new()
+        },
         gen_started.elapsed().as_secs_f64()
     );
 
@@ -182,17 +280,19 @@ fn main() {
     let stop2 = stop.clone();
     let sampler = std::thread::spawn(move || {
         let mut lags = Vec::new();
+        let mut marks = Vec::new();
         let mut seen_evals = 0;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_secs(1));
+            std::thread::sleep(Duration::from_millis(250));
             if let Some(s) = wallscope::ingest::read_status(&sampler_data)
                 && s.rule_evaluations > seen_evals
             {
                 seen_evals = s.rule_evaluations;
                 lags.push(s.rule_lag_ms_last);
+                marks.push(s.rule_watermark_ms);
             }
         }
-        lags
+        (lags, marks)
     });
     let (late_ms, published_s) = rt.block_on(async {
         // Wait for the schedule's start (generation ran ahead of it).
@@ -237,14 +337,15 @@ fn main() {
     }
     let drained_s = wall0.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut lags = sampler.join().unwrap();
+    let (mut lags, marks) = sampler.join().unwrap();
     let s = wallscope::ingest::read_status(&data).unwrap();
     let _ = Command::new("kill").arg(ws.id().to_string()).status();
     let _ = ws.wait();
     std::thread::sleep(Duration::from_millis(300));
     tail_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     tailer.join().unwrap();
-    let alert_lat = alert_latencies(&data, &seen.lock().unwrap());
+    let (alert_lat, alert_upper) =
+        alert_latencies(&data, &seen.lock().unwrap(), &marks, start_ms, &in_past);
     lags.sort_unstable();
     let mut late_ms = late_ms;
     late_ms.sort_unstable();
@@ -277,37 +378,66 @@ fn main() {
         println!("rule errors: {}", s.rule_errors);
     }
     println!(
-        "alert notifications: {} firing alerts delivered; evidence → notification p50 {} ms, p99 {} ms, max {} ms",
+        "alert notifications: {} firing fault alerts from live evaluations ({} evaluations sampled); \
+         evidence → notification from the detecting evaluation's newest data (lower bound) p50 {} ms, p99 {} ms, max {} ms; \
+         from the previous evaluation's newest data (upper bound) p50 {} ms, p99 {} ms, max {} ms",
         alert_lat.len(),
+        marks.len(),
         percentile(&alert_lat, 0.5),
         percentile(&alert_lat, 0.99),
-        alert_lat.last().copied().unwrap_or(0)
+        alert_lat.last().copied().unwrap_or(0),
+        percentile(&alert_upper, 0.5),
+        percentile(&alert_upper, 0.99),
+        alert_upper.last().copied().unwrap_or(0),
     );
 }
 
 /// Per firing fault alert delivered live: wall time its notification appeared minus the
-/// `detected_at` of the finding that started it. Sorted.
-fn alert_latencies(data: &std::path::Path, seen: &[(String, i64)]) -> Vec<u64> {
+/// `detected_at` of the finding that started it (lower bound), and minus the newest
+/// watermark sampled before that (upper bound: the evidence landed after the previous
+/// evaluation's data). Left out: alerts for a (rule, device) the imported past already
+/// shows, and those with no live watermark before their detection. Both sorted.
+fn alert_latencies(
+    data: &std::path::Path,
+    seen: &[(String, i64)],
+    marks: &[i64],
+    live_from_ms: i64,
+    in_past: &std::collections::HashSet<(String, String)>,
+) -> (Vec<u64>, Vec<u64>) {
     let rows = wallscope::alerts::table::load(data).unwrap_or_default();
     let findings = wallscope::rules::finding::load(data).unwrap_or_default();
-    let mut out = Vec::new();
+    let (mut lower, mut upper) = (Vec::new(), Vec::new());
     for (id, wall) in seen {
         for r in rows.iter().filter(|r| {
             r.notification_id.as_deref() == Some(id.as_str())
                 && r.state == wallscope::alerts::lifecycle::State::Firing
                 && r.kind == "fault"
+                && r.device_id
+                    .as_ref()
+                    .is_some_and(|d| !in_past.contains(&(r.rule.clone(), d.clone())))
         }) {
             // The finding the alert started with: same rule and device, first evidence at
             // the alert's start.
-            if let Some(f) = findings
+            let Some(f) = findings
                 .iter()
                 .filter(|f| f.rule == r.rule && Some(&f.device_id) == r.device_id.as_ref())
                 .min_by_key(|f| (f.first_ms - r.started_ms).abs())
-            {
-                out.push((wall - f.detected_ms).max(0) as u64);
-            }
+            else {
+                continue;
+            };
+            let Some(prev) = marks
+                .iter()
+                .copied()
+                .filter(|m| *m < f.detected_ms && *m >= live_from_ms)
+                .max()
+            else {
+                continue;
+            };
+            lower.push((wall - f.detected_ms).max(0) as u64);
+            upper.push((wall - prev).max(0) as u64);
         }
     }
-    out.sort_unstable();
-    out
+    lower.sort_unstable();
+    upper.sort_unstable();
+    (lower, upper)
 }

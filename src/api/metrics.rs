@@ -45,6 +45,7 @@ pub const RULE_EVALUATIONS: &str = "wallscope_rule_evaluations_total";
 pub const RULE_EVAL_SECONDS: &str = "wallscope_rule_evaluation_seconds_total";
 pub const RULE_ERRORS: &str = "wallscope_rule_errors_total";
 pub const RULE_LAG: &str = "wallscope_rule_lag_seconds";
+pub const RULE_WATERMARK: &str = "wallscope_rule_watermark_timestamp_seconds";
 pub const FINDINGS: &str = "wallscope_findings";
 pub const ALERTS: &str = "wallscope_alerts";
 pub const SINK_BACKLOG: &str = "wallscope_sink_backlog_notifications";
@@ -312,6 +313,12 @@ pub(crate) async fn handler(
             "gauge",
             "Durable batch to finished evaluation, the last one.",
             s.rule_lag_ms_last as f64 / 1000.0,
+        );
+        o.one(
+            RULE_WATERMARK,
+            "gauge",
+            "Event time up to which the live findings are complete (newest data the last evaluation covered), Unix seconds.",
+            s.rule_watermark_ms as f64 / 1000.0,
         );
     }
 

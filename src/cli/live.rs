@@ -451,12 +451,13 @@ fn print_run_summary(r: &LiveReport) {
     );
     if m.rule_evaluations > 0 {
         println!(
-            "live rules: {} evaluations ({:.0} ms mean), {} new finding(s), lag after durable last {} ms / max {} ms{}",
+            "live rules: {} evaluations ({:.0} ms mean), {} new finding(s), lag after durable last {} ms / max {} ms, findings complete up to {}{}",
             m.rule_evaluations,
             m.rule_eval_ms as f64 / m.rule_evaluations as f64,
             m.findings_new,
             m.rule_lag_ms_last,
             m.rule_lag_ms_max,
+            crate::capture::format_rfc3339_ms(m.rule_watermark_ms),
             if m.rule_errors > 0 {
                 format!(", {} errors (see the log)", m.rule_errors)
             } else {

@@ -200,14 +200,7 @@ impl<'a> Cursor<'a> {
             digits += 1;
             i += 1;
         }
-        if i == int_start {
-            self.i = i;
-            return self.syntax("expected a digit");
-        }
-        if b[int_start] == b'0' && i - int_start > 1 {
-            self.i = int_start;
-            return self.syntax("leading zero in number");
-        }
+        self.check_int_part(int_start, i)?;
         let mut frac_digits = 0i32;
         let mut is_int = true;
         if b.get(i) == Some(&b'.') {
@@ -297,6 +290,58 @@ impl<'a> Cursor<'a> {
         Ok(Number { f, i: int })
     }
 
+    /// The integer part of a number, `b[int_start..i]`: at least one digit, no leading zero.
+    #[inline]
+    fn check_int_part(&mut self, int_start: usize, i: usize) -> Result<(), ScanError> {
+        if i == int_start {
+            self.i = i;
+            return self.syntax("expected a digit");
+        }
+        if self.b[int_start] == b'0' && i - int_start > 1 {
+            self.i = int_start;
+            return self.syntax("leading zero in number");
+        }
+        Ok(())
+    }
+
+    /// Steps over a JSON number, checking its form as `number` does without computing it.
+    #[inline]
+    fn skip_number(&mut self) -> Result<(), ScanError> {
+        let b = self.b;
+        let digits = |mut i: usize| {
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
+        };
+        let mut i = self.i + usize::from(b.get(self.i) == Some(&b'-'));
+        let int_start = i;
+        i = digits(i);
+        self.check_int_part(int_start, i)?;
+        if b.get(i) == Some(&b'.') {
+            let fs = i + 1;
+            i = digits(fs);
+            if i == fs {
+                self.i = i;
+                return self.syntax("expected a digit after '.'");
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'-' | b'+')) {
+                i += 1;
+            }
+            let es = i;
+            i = digits(es);
+            if i == es {
+                self.i = i;
+                return self.syntax("expected a digit in exponent");
+            }
+        }
+        self.i = i;
+        Ok(())
+    }
+
     /// Tries the firmware's non-JSON "no reading" tokens (`nan`, `NaN`, `inf`, `-inf`,
     /// `Infinity`, `-Infinity`); true when one was consumed.
     #[inline]
@@ -339,7 +384,17 @@ impl<'a> Cursor<'a> {
     /// Skips any JSON value (including the firmware's bare `nan`), returning its raw bytes.
     /// `depth` is the nesting level the value sits at; exceeding `max_depth` (at most 64) is
     /// an error. Open containers are tracked in a bit stack (1 = object), so no allocation.
+    #[inline]
     pub fn skip_value(&mut self, depth: usize, max_depth: usize) -> Result<&'a [u8], ScanError> {
+        self.skip(depth, max_depth, true)
+    }
+
+    fn skip(
+        &mut self,
+        depth: usize,
+        max_depth: usize,
+        lenient: bool,
+    ) -> Result<&'a [u8], ScanError> {
         let max_depth = max_depth.min(64);
         self.ws();
         let start = self.i;
@@ -373,10 +428,12 @@ impl<'a> Cursor<'a> {
                 }
                 Some(b't') => self.literal(b"true")?,
                 Some(b'f') => self.literal(b"false")?,
-                Some(b'n') if !self.b[self.i..].starts_with(b"nan") => self.literal(b"null")?,
+                Some(b'n') if !lenient || !self.b[self.i..].starts_with(b"nan") => {
+                    self.literal(b"null")?
+                }
                 Some(_) => {
-                    if !self.non_finite() {
-                        self.number()?;
+                    if !(lenient && self.non_finite()) {
+                        self.skip_number()?;
                     }
                 }
             }
@@ -413,6 +470,15 @@ impl<'a> Cursor<'a> {
             }
         }
     }
+}
+
+/// Whether `b` is exactly one standard JSON value (no surrounding whitespace, no bare
+/// `nan`, nesting at most 64), checked without building anything: true only for what
+/// serde_json accepts too. False says only "not vouched for": a caller that must know asks
+/// serde_json then (which also takes nesting up to 128).
+pub fn is_strict_value(b: &[u8]) -> bool {
+    let mut c = Cursor::new(b);
+    b.first().is_some_and(|f| *f > b' ') && c.skip(0, 64, false).is_ok() && c.i == b.len()
 }
 
 /// Unescapes JSON string content (without quotes) into `out`.
@@ -522,6 +588,70 @@ mod tests {
         assert_eq!(e.kind, ScanErrorKind::TooDeep);
         let e = Cursor::new(b"[1,2").skip_value(0, 32).unwrap_err();
         assert_eq!(e.kind, ScanErrorKind::Truncated);
+    }
+
+    proptest::proptest! {
+        /// Skipping a number accepts and ends where scanning it does.
+        #[test]
+        fn skip_number_agrees_with_number(t in r"-?[0-9]{0,4}(\.[0-9]{0,3})?([eE][+-]?[0-9]{0,3})?[,}x]?") {
+            let (mut a, mut b) = (Cursor::new(t.as_bytes()), Cursor::new(t.as_bytes()));
+            let (x, y) = (a.number().map(|_| ()), b.skip_number());
+            proptest::prop_assert_eq!(x.is_ok(), y.is_ok(), "{}", t);
+            proptest::prop_assert_eq!(a.i, b.i, "{}", t);
+        }
+    }
+
+    #[test]
+    fn strict_values() {
+        for ok in [
+            &br#"{"a":[1,-2.5e3,{"b":"]\u00e9\n"},true,false,null],"c":{}}"#[..],
+            b"0",
+            b"\"x\"",
+            b"[]",
+            b"{ \"a\" : 1 }",
+        ] {
+            assert!(is_strict_value(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"{\"a\":nan}"[..],
+            b"{\"a\":1",
+            b"{\"a\":1}x",
+            b" {}",
+            b"{} ",
+            b"",
+            b"{\"a\":01}",
+            b"{\"a\":1.}",
+            b"{\"a\":tru}",
+            b"{\"a\" 1}",
+            b"[1,]",
+            b"{\"a\":\"\x01\"}",
+            b"{\"a\":-inf}",
+        ] {
+            assert!(!is_strict_value(bad), "{}", String::from_utf8_lossy(bad));
+        }
+        let deep = "[".repeat(65) + &"]".repeat(65);
+        assert!(!is_strict_value(deep.as_bytes()));
+    }
+
+    proptest::proptest! {
+        /// Sound: whatever the check vouches for, serde_json reads as one value.
+        #[test]
+        fn strict_values_are_json(s in r#"[\[\]{}:,"\\a-fnrtu0-9.eE+\- ]{0,40}"#) {
+            if is_strict_value(s.as_bytes()) {
+                proptest::prop_assert!(serde_json::from_slice::<&serde_json::value::RawValue>(s.as_bytes()).is_ok(), "{s}");
+            }
+        }
+
+        /// And it knows what serde_json writes.
+        #[test]
+        fn serde_output_is_strict(v in proptest::collection::vec((r#"[a-z"\\é]{0,6}"#, -1e6f64..1e6, proptest::option::of(0i64..1000)), 0..6)) {
+            let obj: serde_json::Map<String, serde_json::Value> = v
+                .into_iter()
+                .map(|(k, f, i)| (k, serde_json::json!([f, i, {"n": null, "t": true}])))
+                .collect();
+            let text = serde_json::to_vec(&serde_json::Value::Object(obj)).unwrap();
+            proptest::prop_assert!(is_strict_value(&text), "{}", String::from_utf8_lossy(&text));
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! snapshot by the status line, the `ingest-status.json` file and `wallscope status`.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +94,9 @@ pub struct IngestMetrics {
     /// the last one and the largest seen.
     rule_lag_ms_last: AtomicU64,
     rule_lag_ms_max: AtomicU64,
+    /// The newest event time the last live evaluation covered: findings are complete up
+    /// to here (a watermark; 0 before the first evaluation).
+    rule_watermark_ms: AtomicI64,
     pending_msgs: AtomicU64,
     pending_bytes: AtomicU64,
     paused: AtomicBool,
@@ -116,6 +119,9 @@ impl IngestMetrics {
     pub fn set_rule_lag_ms(&self, ms: u64) {
         self.rule_lag_ms_last.store(ms, Ordering::Relaxed);
         self.rule_lag_ms_max.fetch_max(ms, Ordering::Relaxed);
+    }
+    pub fn set_rule_watermark_ms(&self, ms: i64) {
+        self.rule_watermark_ms.fetch_max(ms, Ordering::Relaxed);
     }
     pub fn set_started(&self, ms: i64) {
         if let Ok(mut s) = self.started_ms.lock() {
@@ -150,6 +156,7 @@ impl IngestMetrics {
             findings_new: self.findings_new.get(),
             rule_lag_ms_last: self.rule_lag_ms_last.load(Ordering::Relaxed),
             rule_lag_ms_max: self.rule_lag_ms_max.load(Ordering::Relaxed),
+            rule_watermark_ms: self.rule_watermark_ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -188,6 +195,8 @@ pub struct MetricsSnapshot {
     pub rule_lag_ms_last: u64,
     #[serde(default)]
     pub rule_lag_ms_max: u64,
+    #[serde(default)]
+    pub rule_watermark_ms: i64,
 }
 
 impl MetricsSnapshot {
@@ -218,6 +227,7 @@ impl MetricsSnapshot {
             ("findings_new", self.findings_new as f64),
             ("rule_lag_ms_last", self.rule_lag_ms_last as f64),
             ("rule_lag_ms_max", self.rule_lag_ms_max as f64),
+            ("rule_watermark_ms", self.rule_watermark_ms as f64),
         ]
     }
 }

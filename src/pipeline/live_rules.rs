@@ -510,6 +510,9 @@ pub async fn run(
                 if let Some(at) = dirty.durable_at {
                     metrics.set_rule_lag_ms(at.elapsed().as_millis() as u64);
                 }
+                if let Some(t) = dirty.newest.values().max() {
+                    metrics.set_rule_watermark_ms(*t);
+                }
             }
             Err(e) => {
                 metrics.rule_errors.inc();

@@ -362,6 +362,12 @@ fn rewrite_payload(payload: Vec<u8>, ts_ms: i64, shift_ms: i64, cfg: &ReplayConf
         if enveloped || !object {
             return payload;
         }
+        // A raw object (no `data` member anywhere in it): it only needs to be JSON to be
+        // wrapped. Checked by a scan, not parsed into a map per message at full speed; what
+        // the scan does not vouch for takes the long way below.
+        if crate::decode::json::is_strict_value(&payload) {
+            return wrap(&payload, ts_ms);
+        }
     }
     let Ok(mut env) = serde_json::from_slice::<BTreeMap<String, Box<RawValue>>>(&payload) else {
         return payload; // not a JSON object: nothing to carry the time in
@@ -378,10 +384,15 @@ fn rewrite_payload(payload: Vec<u8>, ts_ms: i64, shift_ms: i64, cfg: &ReplayConf
         }
         return serde_json::to_vec(&env).unwrap_or(payload);
     }
-    // A raw payload: wrap it so its event time survives the schedule change.
-    let mut out = Vec::with_capacity(payload.len() + 32);
-    out.extend_from_slice(format!("{{\"ts\":{ts_ms},\"data\":").as_bytes());
-    out.extend_from_slice(&payload);
+    wrap(&payload, ts_ms)
+}
+
+/// A raw payload in an envelope, so its event time survives a schedule change.
+fn wrap(payload: &[u8], ts_ms: i64) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(payload.len() + 40);
+    let _ = write!(out, "{{\"ts\":{ts_ms},\"data\":");
+    out.extend_from_slice(payload);
     out.push(b'}');
     out
 }
