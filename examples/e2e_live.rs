@@ -162,14 +162,14 @@ fn main() {
         // Exit 1 means some lines were dead-lettered (the simulator's firmware quirks).
         assert!(st.code().is_some_and(|c| c <= 1), "import failed: {st}");
         // What the past already shows (diagnose, read-only): those alerts are not timed.
-        std::fs::write(tmp.path().join("devices-fx.csv"), &reg).unwrap();
+        std::fs::write(tmp.path().join("devices.csv"), &reg).unwrap();
         let out = Command::new(wallscope_bin())
             .arg("diagnose")
             .arg("--store")
             .arg(&data)
             .arg("--json")
             .arg("--devices")
-            .arg(tmp.path().join("devices-fx.csv"))
+            .arg(tmp.path().join("devices.csv"))
             .stderr(Stdio::null())
             .output()
             .unwrap();
@@ -182,7 +182,9 @@ fn main() {
         }
     }
     msgs.sort_by_key(|m| m.0);
-    std::fs::write(tmp.path().join("devices.csv"), reg).unwrap();
+    if a.faulty == 0 {
+        std::fs::write(tmp.path().join("devices.csv"), reg).unwrap();
+    }
     eprintln!(
         "simulated {} live messages of {} devices{} in {:.1} s",
         msgs.len(),

@@ -290,18 +290,23 @@ impl BatchPublisher {
         }
     }
 
+    /// Adds every free window slot to `credit`.
+    fn take_free_slots(&mut self) {
+        let free = self.inflight.window.available_permits() as u32;
+        if free > 0
+            && let Ok(p) = self.inflight.window.try_acquire_many(free)
+        {
+            p.forget();
+            self.credit += free;
+        }
+    }
+
     /// Queues one message; sends the buffer when it is large or the window is full.
     pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), IngestError> {
         // A window slot is given back by the reader, one per PUBACK: permits are forgotten
         // once taken, and taken in bulk — every free slot at once.
         if self.credit == 0 {
-            let free = self.inflight.window.available_permits() as u32;
-            if free > 0
-                && let Ok(p) = self.inflight.window.try_acquire_many(free)
-            {
-                p.forget();
-                self.credit = free;
-            }
+            self.take_free_slots();
         }
         while self.credit == 0 {
             // The window is full: what is buffered must go out for acks to come back. The
@@ -328,13 +333,7 @@ impl BatchPublisher {
                         p.forget();
                         self.credit += want;
                     }
-                    let more = self.inflight.window.available_permits() as u32;
-                    if more > 0
-                        && let Ok(p) = self.inflight.window.try_acquire_many(more)
-                    {
-                        p.forget();
-                        self.credit += more;
-                    }
+                    self.take_free_slots();
                 }
                 _ = dead.notified() => {
                     self.reconnect("the broker closed the connection".into()).await?;
