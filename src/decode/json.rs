@@ -48,6 +48,34 @@ const POW10: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
+const POW10_U64: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+
+/// The run of ASCII digits at `b[i..]`, read as one little-endian word: its value and
+/// length, when it is 1–7 digits long and a full word is available (so the byte after the
+/// run is in bounds).
+#[inline(always)]
+fn digits8(b: &[u8], i: usize) -> Option<(u64, usize)> {
+    let w: [u8; 8] = b.get(i..i + 8)?.try_into().ok()?;
+    let x = u64::from_le_bytes(w);
+    // Per byte: c - '0' (wrapping), then "> 9" as the top bit of (c - '0') + 0x76, or the
+    // top bit of c - '0' itself for bytes below '0' or above 0x89. Borrows and carries only
+    // cross from a non-digit byte into the bytes after it, past the first non-digit, which
+    // is all this looks for.
+    let d = x.wrapping_sub(0x3030_3030_3030_3030);
+    let non_digit = (d | d.wrapping_add(0x7676_7676_7676_7676)) & 0x8080_8080_8080_8080;
+    let n = (non_digit.trailing_zeros() / 8) as usize;
+    if n == 0 || n == 8 {
+        return None;
+    }
+    // Keep the n digit values, moved to the top so the empty low bytes read as leading
+    // zeros; then pairs, quads and the whole word, as in simdjson's eight-digit parse.
+    let v = (d & 0x0F0F_0F0F_0F0F_0F0F) << (8 * (8 - n));
+    let v = (v.wrapping_mul(2561)) >> 8;
+    let v = ((v & 0x00FF_00FF_00FF_00FF).wrapping_mul(6_553_601)) >> 16;
+    let v = ((v & 0x0000_FFFF_0000_FFFF).wrapping_mul(42_949_672_960_001)) >> 32;
+    Some((v, n))
+}
+
 pub struct Cursor<'a> {
     pub b: &'a [u8],
     pub i: usize,
@@ -178,9 +206,80 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// Scans a string and appends its unescaped text to `out` as UTF-8 bytes; `scratch`
+    /// is unescaping space for the rare string with escapes.
+    #[inline]
+    pub fn string_into_bytes(
+        &mut self,
+        out: &mut Vec<u8>,
+        scratch: &mut String,
+    ) -> Result<(), ScanError> {
+        let at = self.i;
+        let (raw, escaped) = self.raw_string()?;
+        let bad = |what| ScanError {
+            kind: ScanErrorKind::Syntax(what),
+            offset: at,
+        };
+        if !escaped {
+            // Text is kept, so it is checked here (the payload as a whole is not).
+            std::str::from_utf8(raw).map_err(|_| bad("invalid UTF-8 in string"))?;
+            out.extend_from_slice(raw);
+            return Ok(());
+        }
+        scratch.clear();
+        unescape(raw, scratch).map_err(bad)?;
+        out.extend_from_slice(scratch.as_bytes());
+        Ok(())
+    }
+
     /// Scans a JSON number.
     #[inline]
     pub fn number(&mut self) -> Result<Number, ScanError> {
+        match self.short_number() {
+            Some(n) => Ok(n),
+            None => self.any_number(),
+        }
+    }
+
+    /// The numbers charger payloads are made of — `-?` then 1–7 digits, optionally `.` and
+    /// 1–7 digits, with at least 8 bytes of input after each digit run — read eight bytes
+    /// at a time (SWAR): find where the digits stop, then combine them in three
+    /// multiplications. None for anything else (exponents, long or leading-zero mantissas,
+    /// the last bytes of the input), which `any_number` reads, or rejects, byte by byte.
+    #[inline(always)]
+    fn short_number(&mut self) -> Option<Number> {
+        let b = self.b;
+        let neg = b.get(self.i) == Some(&b'-');
+        let mut i = self.i + usize::from(neg);
+        let (int, n) = digits8(b, i)?;
+        if n > 1 && b[i] == b'0' {
+            return None;
+        }
+        i += n;
+        let (mant, frac) = match b[i] {
+            b'.' => {
+                let (f, m) = digits8(b, i + 1)?;
+                i += 1 + m;
+                (int * POW10_U64[m] + f, m)
+            }
+            _ => (int, 0),
+        };
+        if matches!(b[i], b'e' | b'E') {
+            return None;
+        }
+        self.i = i;
+        // Both parts below 10^7: the mantissa is exact in an f64, and so is 10^frac, so the
+        // division is one correctly rounded operation (Clinger's fast path).
+        let v = mant as f64 / POW10[frac];
+        let int = (frac == 0).then_some(if neg { -(mant as i64) } else { mant as i64 });
+        Some(Number {
+            f: if neg { -v } else { v },
+            i: int,
+        })
+    }
+
+    /// Scans any JSON number, byte by byte.
+    fn any_number(&mut self) -> Result<Number, ScanError> {
         let start = self.i;
         let b = self.b;
         let mut i = self.i;
@@ -574,6 +673,45 @@ mod tests {
         assert_eq!(num("5.0").i, None);
         for bad in ["-", "01", "1.", "1e", ".5"] {
             assert!(Cursor::new(bad.as_bytes()).number().is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time path reads exactly what the byte-by-byte scan reads, or
+        /// leaves the number to it.
+        #[test]
+        fn short_numbers_agree_with_the_general_scan(t in r"-?[0-9]{0,9}(\.[0-9]{0,9})?([eE][+-]?[0-9]{0,2})?[,}\]x0-9.e ]{0,10}") {
+            let (mut a, mut b) = (Cursor::new(t.as_bytes()), Cursor::new(t.as_bytes()));
+            let fast = a.short_number();
+            let slow = b.any_number();
+            if let Some(f) = fast {
+                let s = slow.expect("the general scan accepts what the fast path read");
+                proptest::prop_assert_eq!(f.f.to_bits(), s.f.to_bits(), "{}", t);
+                proptest::prop_assert_eq!(f.i, s.i, "{}", t);
+                proptest::prop_assert_eq!(a.i, b.i, "{}", t);
+            } else {
+                proptest::prop_assert_eq!(a.i, 0, "{}", t);
+            }
+        }
+    }
+
+    #[test]
+    fn short_numbers_of_the_payloads() {
+        for (s, f, i) in [
+            ("246.3,\"grid_hz\"", 246.3, None),
+            ("-83,\"prox_v\":0", -83.0, Some(-83)),
+            ("0.000,\"config", 0.0, None),
+            ("105032,\"input", 105032.0, Some(105032)),
+            ("-0,\"x\":1234", -0.0, Some(0)),
+        ] {
+            let mut c = Cursor::new(s.as_bytes());
+            let n = c.short_number().expect(s);
+            assert_eq!((n.f.to_bits(), n.i), (f64::to_bits(f), i), "{s}");
+            assert_eq!(s.as_bytes()[c.i], b',', "{s}");
+        }
+        // Left to the general scan: leading zeros, exponents, 8+ digits, short input.
+        for s in ["012,\"aaaaaaa", "1.5e3,\"aaaaa", "12345678,\"aaaa", "1.5"] {
+            assert!(Cursor::new(s.as_bytes()).short_number().is_none(), "{s}");
         }
     }
 

@@ -175,6 +175,36 @@ fn unknown_fields_are_kept_in_extra() {
 }
 
 #[test]
+fn a_repeated_key_keeps_its_last_value() {
+    let (o, b) = decode_one(
+        "wc/a1/vitals",
+        br#"{"grid_v":1.5,"current_alerts":["a"],"grid_v":2.5,"current_alerts":["b","c"],"evse_not_ready_reasons":[1],"evse_not_ready_reasons":null}"#,
+    );
+    assert_eq!(o, Outcome::Stored(Table::Vitals));
+    let b = &b[0].1;
+    assert_eq!(b.num_rows(), 1);
+    let grid = b
+        .column_by_name("grid_v")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    assert_eq!(grid.value(0), 2.5);
+    let alerts = b
+        .column_by_name("current_alerts")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .unwrap();
+    let first = alerts.value(0);
+    let texts = first.as_string::<i32>();
+    assert_eq!((texts.len(), texts.value(0), texts.value(1)), (2, "b", "c"));
+    assert!(
+        b.column_by_name("evse_not_ready_reasons")
+            .unwrap()
+            .is_null(0)
+    );
+}
+
+#[test]
 fn missing_final_brace_is_repaired_only_after_the_last_field() {
     // The firmware quirk: everything there but the final `}`.
     let mut full = valid_payload();
@@ -460,6 +490,57 @@ proptest! {
         let mut b = TableBuilders::default();
         let out = d.decode(&msg("wc/p/vitals", &p), &mut b);
         prop_assert_eq!(out, Outcome::Dead(ErrorClass::InvalidUtf8));
+    }
+
+    /// Values go to their columns as they are scanned and a rejected payload is cut back
+    /// out: many payloads (valid, mutated, cut short, with unknown members) decoded into one
+    /// set of builders give exactly the rows each gives alone.
+    #[test]
+    fn a_batch_equals_its_payloads_decoded_one_by_one(
+        cases in proptest::collection::vec((0usize..800, proptest::collection::vec((0usize..700, any::<u8>()), 0..3), any::<bool>(), any::<bool>()), 1..12)
+    ) {
+        let mut msgs = Vec::new();
+        for (cut, flips, unknown, envelope) in cases {
+            let mut p = valid_payload();
+            if unknown {
+                let member = br#""future_list":["x",1],"#;
+                p.splice(1..1, member.iter().copied());
+            }
+            for (at, v) in flips {
+                let i = at % p.len();
+                p[i] = v;
+            }
+            p.truncate(cut.min(p.len()));
+            if envelope {
+                let mut e = br#"{"ts":1767225600000,"seq":7,"data":"#.to_vec();
+                e.extend_from_slice(&p);
+                e.push(b'}');
+                p = e;
+            }
+            msgs.push(msg("wc/p/vitals", &p));
+        }
+        let mut d = Decoder::new(DecodeConfig::default());
+        let mut all = TableBuilders::default();
+        let mut alone: Vec<Vec<(Table, RecordBatch)>> = Vec::new();
+        for m in &msgs {
+            d.decode(m, &mut all);
+            let mut one = TableBuilders::default();
+            Decoder::new(DecodeConfig::default()).decode(m, &mut one);
+            alone.push(one.finish_all());
+        }
+        let together = all.finish_all();
+        for (t, batch) in &together {
+            let parts: Vec<RecordBatch> = alone
+                .iter()
+                .flatten()
+                .filter(|(u, _)| u == t)
+                .map(|(_, b)| b.clone())
+                .collect();
+            let want = arrow::compute::concat_batches(&t.schema(), &parts).unwrap();
+            prop_assert_eq!(batch, &want, "table {}", t.name());
+        }
+        let rows: usize = together.iter().map(|(_, b)| b.num_rows()).sum();
+        prop_assert_eq!(rows, msgs.len());
     }
 
     /// Mutations of a real payload (truncation, byte flips, insertions) never panic.
