@@ -710,15 +710,11 @@ fn value_into(
         }
         Col::ListText(lists, items) => {
             list_into(c, |c, e| {
-                if maybe_non_finite(c, e) && c.non_finite() {
+                if null_item(c, e)? {
                     items.push_null();
                     return Ok(());
                 }
                 match e {
-                    b'n' => {
-                        c.literal(b"null")?;
-                        items.push_null();
-                    }
                     b'"' => {
                         c.string_into_bytes(&mut items.data, scratch)?;
                         items.close();
@@ -736,15 +732,11 @@ fn value_into(
         }
         Col::ListI64(lists, items) => {
             list_into(c, |c, e| {
-                if maybe_non_finite(c, e) && c.non_finite() {
+                if null_item(c, e)? {
                     items.push_null();
                     return Ok(());
                 }
                 match e {
-                    b'n' => {
-                        c.literal(b"null")?;
-                        items.push_null();
-                    }
                     b'-' | b'0'..=b'9' => match c.number()?.i {
                         Some(i) => items.push(i),
                         None => {
@@ -762,6 +754,20 @@ fn value_into(
         }
     }
     Ok(())
+}
+
+/// Consumes an array item that stands for null (`null`, or the firmware's `nan`/`inf`),
+/// telling whether it did; any other item is left to the caller.
+#[inline]
+fn null_item(c: &mut Cursor<'_>, first: u8) -> Result<bool, ValueError> {
+    if maybe_non_finite(c, first) && c.non_finite() {
+        return Ok(true);
+    }
+    if first == b'n' {
+        c.literal(b"null")?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Walks an array at the cursor, handing each element's first byte to `item`.
