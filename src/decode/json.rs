@@ -190,20 +190,8 @@ impl<'a> Cursor<'a> {
 
     /// Scans a string and appends its unescaped text to `out`.
     pub fn string_into(&mut self, out: &mut String) -> Result<(), ScanError> {
-        let at = self.i;
-        let (raw, escaped) = self.raw_string()?;
-        if !escaped {
-            // The whole payload was validated as UTF-8 before scanning.
-            out.push_str(std::str::from_utf8(raw).map_err(|_| ScanError {
-                kind: ScanErrorKind::Syntax("invalid UTF-8 in string"),
-                offset: at,
-            })?);
-            return Ok(());
-        }
-        unescape(raw, out).map_err(|what| ScanError {
-            kind: ScanErrorKind::Syntax(what),
-            offset: at,
-        })
+        out.push_str(self.text(&mut String::new())?);
+        Ok(())
     }
 
     /// Scans a string and appends its unescaped text to `out` as UTF-8 bytes; `scratch`
@@ -214,6 +202,17 @@ impl<'a> Cursor<'a> {
         out: &mut Vec<u8>,
         scratch: &mut String,
     ) -> Result<(), ScanError> {
+        out.extend_from_slice(self.text(scratch)?.as_bytes());
+        Ok(())
+    }
+
+    /// Scans a string: its text borrowed from the input when it has no escapes, else
+    /// unescaped into `scratch`.
+    #[inline]
+    fn text<'s>(&mut self, scratch: &'s mut String) -> Result<&'s str, ScanError>
+    where
+        'a: 's,
+    {
         let at = self.i;
         let (raw, escaped) = self.raw_string()?;
         let bad = |what| ScanError {
@@ -222,14 +221,11 @@ impl<'a> Cursor<'a> {
         };
         if !escaped {
             // Text is kept, so it is checked here (the payload as a whole is not).
-            std::str::from_utf8(raw).map_err(|_| bad("invalid UTF-8 in string"))?;
-            out.extend_from_slice(raw);
-            return Ok(());
+            return std::str::from_utf8(raw).map_err(|_| bad("invalid UTF-8 in string"));
         }
         scratch.clear();
         unescape(raw, scratch).map_err(bad)?;
-        out.extend_from_slice(scratch.as_bytes());
-        Ok(())
+        Ok(scratch)
     }
 
     /// Scans a JSON number.
