@@ -8,8 +8,9 @@
 //!   (`plug_no`) and contactor closures (`close_no`), and the sample's position `n`.
 //! - `contactor_episodes`: one row per contactor closure (consecutive closed samples).
 //! - `sessions`: one row per plug-in session (plug-in → unplug).
-//! - `baselines`: per device, its own idle offsets, closed-coil level, grid level and
-//!   source resistance, so rules compare a unit with itself before fleet constants.
+//! - `baselines`: per device, its own idle offsets, closed-coil level, grid level, source
+//!   resistance and poll interval (`poll_ms`, the median gap between samples), so rules
+//!   compare a unit with itself before fleet constants.
 //!
 //! Names here are part of the rule-writing interface (rules/README.md documents them).
 //!
@@ -145,7 +146,8 @@ WITH s AS (
     median(CASE WHEN contactor_closed AND coil_v > 1.0 THEN coil_v END) AS coil_closed_v,
     median(CASE WHEN NOT contactor_closed THEN grid_v END) AS idle_grid_v,
     median(grid_hz) AS grid_hz,
-    median(CASE WHEN NOT contactor_closed AND NOT vehicle_connected THEN input_thermopile_uv END) AS idle_thermopile_uv
+    median(CASE WHEN NOT contactor_closed AND NOT vehicle_connected THEN input_thermopile_uv END) AS idle_thermopile_uv,
+    median(t_ms - prev_t_ms) AS poll_ms
   FROM samples GROUP BY device_id
 ),
 e AS (
