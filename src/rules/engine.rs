@@ -365,7 +365,7 @@ async fn eval_rule(
 ) -> Result<(Vec<Finding>, Duration), EvalError> {
     let started = Instant::now();
     let sql = rule.render_sql(engine_params);
-    let batches = query::run_readonly(ctx, &sql)
+    let batches = run_staged(ctx, &sql)
         .await
         .map_err(|e| rule_error(rule, e.to_string()))?;
     let mut found = Vec::new();
@@ -373,6 +373,47 @@ async fn eval_rule(
         found.extend(extract(rule, b, eval_end_ms)?);
     }
     Ok((found, started.elapsed()))
+}
+
+/// Runs a rule's query with every CTE it would evaluate twice computed once first (see
+/// [`super::stages`]). Rules run concurrently in one session: each run's stage tables get
+/// their own names and are dropped when it ends, whether it succeeded or not.
+pub(crate) async fn run_staged(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let staged = super::stages::split(
+        sql,
+        &format!("ws_stage_{}_", RUN.fetch_add(1, Ordering::Relaxed)),
+    );
+    struct Registered<'a>(&'a SessionContext, Vec<String>);
+    impl Drop for Registered<'_> {
+        fn drop(&mut self) {
+            for t in &self.1 {
+                let _ = self.0.deregister_table(t.as_str());
+            }
+        }
+    }
+    let mut registered = Registered(ctx, Vec::new());
+    for stage in &staged.stages {
+        let batches = query::run_readonly(ctx, &stage.sql).await?;
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => query::plan_readonly(ctx, &stage.sql)
+                .await?
+                .schema()
+                .inner()
+                .clone(),
+        };
+        let table = MemTable::try_new(schema, vec![batches])?;
+        ctx.register_table(stage.table.as_str(), Arc::new(table))?;
+        registered.1.push(stage.table.clone());
+    }
+    let out = query::run_readonly(ctx, &staged.query).await;
+    drop(registered);
+    out
 }
 
 /// Computes the shared views once and registers them as in-memory tables (in build order:
@@ -667,5 +708,59 @@ pub(crate) fn cell_json(a: &ArrayRef, r: usize) -> Value {
             .ok()
             .map(|f| Value::String(f.value(r).to_string()))
             .unwrap_or(Value::Null),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A staged run returns what the inlined query returns, and leaves no table behind.
+    #[tokio::test]
+    async fn a_staged_run_equals_the_inlined_query_and_cleans_up() {
+        let ctx = SessionContext::new();
+        ctx.sql(
+            "CREATE TABLE t AS SELECT * FROM (VALUES ('a', 1), ('a', 5), ('b', 2), ('b', 9), ('b', 4)) v(device_id, x)",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+        let sql = "WITH r AS (SELECT device_id, x, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY x) AS k FROM t), \
+                   best AS (SELECT device_id, MAX(k) AS n FROM r GROUP BY device_id) \
+                   SELECT r.device_id, r.x, best.n FROM r JOIN best ON r.device_id = best.device_id \
+                   WHERE r.k = best.n ORDER BY r.device_id";
+        assert_eq!(super::super::stages::split(sql, "p_").stages.len(), 1);
+        let staged = run_staged(&ctx, sql).await.unwrap();
+        let inlined = query::run_readonly(&ctx, sql).await.unwrap();
+        let show = |b: &[RecordBatch]| {
+            arrow::util::pretty::pretty_format_batches(b)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(show(&staged), show(&inlined));
+        assert!(
+            show(&staged).contains("| b         | 9 | 3 |"),
+            "{}",
+            show(&staged)
+        );
+        let names = ctx
+            .catalog("datafusion")
+            .unwrap()
+            .schema("public")
+            .unwrap()
+            .table_names();
+        assert_eq!(names, ["t"], "stage tables must be dropped");
+        // A stage that fails leaves nothing behind either.
+        let bad = "WITH r AS (SELECT 1 AS x), q AS (SELECT nope FROM r) SELECT * FROM q, q q2, r";
+        assert!(run_staged(&ctx, bad).await.is_err());
+        let names = ctx
+            .catalog("datafusion")
+            .unwrap()
+            .schema("public")
+            .unwrap()
+            .table_names();
+        assert_eq!(names, ["t"]);
     }
 }

@@ -2,7 +2,8 @@
 //! carrying its evidence and ordered troubleshooting steps.
 //!
 //! Owns rule files (`spec`), the fault catalogue (`faults`), packs and their checks (`pack`),
-//! the shared derived views (`views`), evaluation (`engine`) and the `findings` table
+//! the shared derived views (`views`), evaluation (`engine`, with `stages` splitting a rule's
+//! query so a CTE it reads twice is computed once) and the `findings` table
 //! (`finding`). Reads the store only through `query`'s read-only session; knows nothing of
 //! MQTT, the CLI or alerts. Rules are data: `rules/*.toml` is compiled in as the built-in
 //! pack, and operators add directories of their own.
@@ -13,6 +14,7 @@ pub mod finding;
 pub mod health;
 pub mod pack;
 pub mod spec;
+pub mod stages;
 pub mod views;
 
 pub use engine::{EvalError, Evaluation, Note, Scope, evaluate};

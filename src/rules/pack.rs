@@ -220,6 +220,18 @@ pub async fn check_rule(ctx: &SessionContext, rule: &Rule) -> Result<(), Problem
             ));
         }
     }
+    // The engine runs a rule with its repeated CTEs computed first (`stages`): run that form
+    // too, over the empty tables, so a rule that plans whole but not in stages is caught here
+    // rather than at its first evaluation.
+    super::engine::run_staged(ctx, &sql).await.map_err(|e| {
+        problem(
+            format!(
+                "the SQL plans, but not with its repeated CTEs computed first: {}",
+                first_line(&e.to_string())
+            ),
+            "this is a wallscope bug (src/rules/stages.rs); please report it with the rule",
+        )
+    })?;
     Ok(())
 }
 
