@@ -96,6 +96,22 @@ pub enum Command {
     Token(serve::TokenCommand),
 }
 
+impl Command {
+    /// Commands that run to completion over data they hold in memory (as opposed to the
+    /// long-running `run`, `demo`, `serve`, `record` and `replay`).
+    pub fn is_batch(&self) -> bool {
+        matches!(
+            self,
+            Command::Import(_)
+                | Command::Sql(_)
+                | Command::Diagnose(_)
+                | Command::Eval(_)
+                | Command::Rules(_)
+                | Command::Export(_)
+        )
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ImportArgs {
     /// Input format.
