@@ -745,22 +745,17 @@ mod tests {
             "{}",
             show(&staged)
         );
-        let names = ctx
-            .catalog("datafusion")
-            .unwrap()
-            .schema("public")
-            .unwrap()
-            .table_names();
-        assert_eq!(names, ["t"], "stage tables must be dropped");
+        let tables = || {
+            ctx.catalog("datafusion")
+                .unwrap()
+                .schema("public")
+                .unwrap()
+                .table_names()
+        };
+        assert_eq!(tables(), ["t"], "stage tables must be dropped");
         // A stage that fails leaves nothing behind either.
         let bad = "WITH r AS (SELECT 1 AS x), q AS (SELECT nope FROM r) SELECT * FROM q, q q2, r";
         assert!(run_staged(&ctx, bad).await.is_err());
-        let names = ctx
-            .catalog("datafusion")
-            .unwrap()
-            .schema("public")
-            .unwrap()
-            .table_names();
-        assert_eq!(names, ["t"]);
+        assert_eq!(tables(), ["t"]);
     }
 }
