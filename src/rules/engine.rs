@@ -398,15 +398,11 @@ pub(crate) async fn run_staged(
     }
     let mut registered = Registered(ctx, Vec::new());
     for stage in &staged.stages {
-        let batches = query::run_readonly(ctx, &stage.sql).await?;
-        let schema = match batches.first() {
-            Some(b) => b.schema(),
-            None => query::plan_readonly(ctx, &stage.sql)
-                .await?
-                .schema()
-                .inner()
-                .clone(),
-        };
+        // Planned once: the plan's schema names an empty stage's columns.
+        let plan = query::plan_readonly(ctx, &stage.sql).await?;
+        let planned = plan.schema().inner().clone();
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        let schema = batches.first().map_or(planned, |b| b.schema());
         let table = MemTable::try_new(schema, vec![batches])?;
         ctx.register_table(stage.table.as_str(), Arc::new(table))?;
         registered.1.push(stage.table.clone());
