@@ -17,22 +17,23 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// The crate's one unsafe call: mimalloc has no safe API for its options.
 #[allow(unsafe_code)]
-fn keep_freed_pages() {
+fn set_purge_delay(ms: i64) {
+    // `long` is 32 bits on some targets: a delay beyond it means never.
+    let ms = std::ffi::c_long::try_from(ms).unwrap_or(-1);
     // SAFETY: stores one option value; called first thing in `main`, before any other
     // thread exists (mi_option_set is not thread safe). mimalloc reads it at each purge.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms) };
 }
 
 fn main() -> ExitCode {
     let cli = wallscope::cli::Cli::parse();
-    // A batch command (diagnose, import, eval…) frees and re-allocates gigabytes: each
-    // evaluation shard's views, each rule's intermediate tables. mimalloc hands freed pages
-    // back to the kernel after a delay and faults them in zeroed again on the next shard;
-    // on the 1,000-charger pack that was 5–14 s of kernel time in a 20-25 s run. A batch
-    // process ends soon, so it keeps its pages (`run` and `serve` keep mimalloc's default,
-    // so their footprint shrinks after a burst). MIMALLOC_PURGE_DELAY still overrides.
-    if cli.command.is_batch() && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        keep_freed_pages();
+    // Freed pages handed back to the kernel are faulted in zeroed again on their next use:
+    // batch commands keep them, live evaluation for a minute (`Command::purge_delay_ms`).
+    // MIMALLOC_PURGE_DELAY still overrides.
+    if let Some(ms) = cli.command.purge_delay_ms()
+        && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none()
+    {
+        set_purge_delay(ms);
     }
     let default = match cli.verbose {
         // The embedded broker narrates every connection; keep it to problems.

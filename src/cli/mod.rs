@@ -97,20 +97,34 @@ pub enum Command {
 }
 
 impl Command {
-    /// Commands that run to completion over data they hold in memory (as opposed to the
-    /// long-running `run`, `demo`, `serve`, `record` and `replay`).
-    pub fn is_batch(&self) -> bool {
-        matches!(
-            self,
+    /// How long mimalloc keeps a freed page before handing it back to the kernel, in ms
+    /// (`None`: its default, 10 ms; -1: never). Every page handed back is faulted in zeroed
+    /// again on its next use, and in this VM that costs more than the work itself (on the
+    /// 1,000-charger pack, 7–14 s of kernel time in a 22–27 s run).
+    ///
+    /// - Batch commands (they run to completion over data they hold in memory) keep
+    ///   their pages: the process ends soon.
+    /// - `run` and `demo` evaluate rules live: every evaluation climbs back to the same
+    ///   peak, so pages are kept for a minute, and returned once evaluations stop.
+    /// - `serve`, `record` and `replay` keep the default: their footprint shrinks after a
+    ///   burst.
+    pub fn purge_delay_ms(&self) -> Option<i64> {
+        match self {
             Command::Import(_)
-                | Command::Sql(_)
-                | Command::Diagnose(_)
-                | Command::Eval(_)
-                | Command::Rules(_)
-                | Command::Export(_)
-        )
+            | Command::Sql(_)
+            | Command::Diagnose(_)
+            | Command::Eval(_)
+            | Command::Rules(_)
+            | Command::Export(_) => Some(-1),
+            Command::Run(_) | Command::Demo(_) => Some(LIVE_PURGE_DELAY_MS),
+            _ => None,
+        }
     }
 }
+
+/// How long `run` and `demo` keep freed pages: longer than the time between two live
+/// evaluations, short enough that an idle process gives its peak back.
+pub const LIVE_PURGE_DELAY_MS: i64 = 60_000;
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
