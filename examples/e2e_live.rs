@@ -348,6 +348,14 @@ fn main() {
     tailer.join().unwrap();
     let (alert_lat, alert_upper) =
         alert_latencies(&data, &seen.lock().unwrap(), &marks, start_ms, &in_past);
+    // The lag of each evaluation seen, in order: where in the run the slow ones fell.
+    eprintln!(
+        "lag by evaluation (s): {}",
+        lags.iter()
+            .map(|l| format!("{:.1}", *l as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     lags.sort_unstable();
     let mut late_ms = late_ms;
     late_ms.sort_unstable();

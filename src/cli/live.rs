@@ -78,7 +78,7 @@ pub struct RunArgs {
     /// Ingest only: no live rule evaluation.
     #[arg(long)]
     pub no_rules: bool,
-    /// Shortest time between live rule evaluations (e.g. 2s).
+    /// Shortest time between the starts of two live rule evaluations (e.g. 2s).
     #[arg(long)]
     pub rules_interval: Option<String>,
     /// Findings only: no alerts, no notifications ([alerts] in --config sets them up).

@@ -29,7 +29,7 @@ pub struct LiveRules {
     pub pack: Pack,
     /// Registry replacing the data directory's `devices.csv`.
     pub devices: Option<RecordBatch>,
-    /// Shortest time between two evaluations.
+    /// Shortest time between the starts of two evaluations.
     pub interval_ms: u64,
     /// Time between sweeps of the devices that went quiet.
     pub full_every_ms: u64,
@@ -333,7 +333,7 @@ impl AlertRun {
     }
 }
 
-/// The evaluator task: coalesces dirty notices, evaluates at most every `interval_ms`,
+/// The evaluator task: coalesces dirty notices, starts an evaluation at most every `interval_ms`,
 /// stores the findings, then (with alerts on) the alerts. Ends when `rx` closes (after a
 /// last evaluation of what is pending, which also sends every waiting alert group).
 pub async fn run(
@@ -396,6 +396,7 @@ pub async fn run(
         }
     }
     let mut last_sweep = Instant::now();
+    let mut last_eval: Option<tokio::time::Instant> = None;
     let mut pending = Dirty::default();
     let mut open = true;
     while open {
@@ -414,7 +415,13 @@ pub async fn run(
             },
             _ = tokio::time::sleep(until_wake) => {}
         }
-        let deadline = tokio::time::Instant::now() + interval;
+        // `interval` is the shortest time between two evaluations' starts, not a wait after
+        // each notice: under steady load the next evaluation starts as soon as the last one
+        // ends (its data waited through it already), and after a quiet spell the first
+        // notice is evaluated at once.
+        let deadline = last_eval.map_or_else(tokio::time::Instant::now, |t| {
+            (t + interval).max(tokio::time::Instant::now())
+        });
         while open && !pending.is_empty() {
             tokio::select! {
                 d = rx.recv() => match d {
@@ -448,6 +455,7 @@ pub async fn run(
         heard.extend(dirty.devices.iter().cloned());
         let snapshot = handle.snapshot();
         let started = Instant::now();
+        last_eval = Some(tokio::time::Instant::now());
         let mut result = if dirty.is_empty() {
             Ok(0)
         } else {
