@@ -124,7 +124,7 @@ impl Command {
 
 /// How long `run` and `demo` keep freed pages: longer than the time between two live
 /// evaluations, short enough that an idle process gives its peak back.
-pub const LIVE_PURGE_DELAY_MS: i64 = 60_000;
+const LIVE_PURGE_DELAY_MS: i64 = 60_000;
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {

@@ -419,9 +419,8 @@ pub async fn run(
         // each notice: under steady load the next evaluation starts as soon as the last one
         // ends (its data waited through it already), and after a quiet spell the first
         // notice is evaluated at once.
-        let deadline = last_eval.map_or_else(tokio::time::Instant::now, |t| {
-            (t + interval).max(tokio::time::Instant::now())
-        });
+        let now = tokio::time::Instant::now();
+        let deadline = last_eval.map_or(now, |t| (t + interval).max(now));
         while open && !pending.is_empty() {
             tokio::select! {
                 d = rx.recv() => match d {
@@ -455,7 +454,7 @@ pub async fn run(
         heard.extend(dirty.devices.iter().cloned());
         let snapshot = handle.snapshot();
         let started = Instant::now();
-        last_eval = Some(tokio::time::Instant::now());
+        last_eval = Some(tokio::time::Instant::from_std(started));
         let mut result = if dirty.is_empty() {
             Ok(0)
         } else {
