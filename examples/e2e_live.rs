@@ -241,6 +241,12 @@ fn main() {
             }
         })
     };
+    // E2E_LOG=FILE keeps the run's log (with RUST_LOG=wallscope=debug: each live
+    // evaluation's breakdown).
+    let ws_log = match std::env::var_os("E2E_LOG") {
+        Some(p) => Stdio::from(std::fs::File::create(p).expect("E2E_LOG is writable")),
+        None => Stdio::null(),
+    };
     let mut ws = Command::new(wallscope_bin())
         .arg("--data-dir")
         .arg(&data)
@@ -258,7 +264,7 @@ fn main() {
         .arg("--devices")
         .arg(tmp.path().join("devices.csv"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(ws_log)
         .spawn()
         .expect("wallscope binary (cargo build --release first)");
     while wallscope::ingest::read_status(&data).is_none_or(|s| s.connections == 0) {

@@ -293,7 +293,17 @@ impl AlertState {
             }
         };
         out.ticks = self.tick_trends(input, registry.clone(), settings).await?;
-        let labels = registry.as_ref().map(registry_labels).unwrap_or_default();
+        // Labels only for the devices with findings: a fleet's registry holds far more, and
+        // this runs after every live evaluation.
+        let named: HashSet<&str> = input
+            .findings
+            .iter()
+            .map(|f| f.device_id.as_str())
+            .collect();
+        let labels = registry
+            .as_ref()
+            .map(|r| registry_labels(r, Some(&named)))
+            .unwrap_or_default();
         let now_wall = input.now_wall_ms;
 
         // Every key's conditions, with its policy and how far its data reaches.
@@ -701,8 +711,11 @@ async fn oldest_ms(ctx: &datafusion::prelude::SessionContext) -> Result<Option<i
         .map(|c| c.value(0)))
 }
 
-/// Per device, the registry facts alerts group and inhibit by.
-pub fn registry_labels(b: &RecordBatch) -> HashMap<String, BTreeMap<String, String>> {
+/// Per device (of `only`, when given), the registry facts alerts group and inhibit by.
+pub fn registry_labels(
+    b: &RecordBatch,
+    only: Option<&HashSet<&str>>,
+) -> HashMap<String, BTreeMap<String, String>> {
     let mut out = HashMap::new();
     let text = |n: &str| {
         b.column_by_name(n)
@@ -718,7 +731,7 @@ pub fn registry_labels(b: &RecordBatch) -> HashMap<String, BTreeMap<String, Stri
             .collect();
     let ids = ids.as_string::<i32>();
     for r in 0..b.num_rows() {
-        if ids.is_null(r) {
+        if ids.is_null(r) || only.is_some_and(|o| !o.contains(ids.value(r))) {
             continue;
         }
         let mut m = BTreeMap::new();

@@ -254,7 +254,7 @@ pub(crate) async fn load_fleet(app: Arc<App>) -> Result<Fleet, ApiError> {
         .map_err(super::datafusion_error)?;
     let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     for b in &reg {
-        labels.extend(crate::alerts::registry_labels(b));
+        labels.extend(crate::alerts::registry_labels(b, None));
     }
     let mut findings = crate::rules::finding::load(&snapshot.dir)
         .map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -430,6 +430,16 @@ pub async fn run(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
+        // Everything already queued joins this evaluation. Without this, an evaluation that
+        // starts as soon as the last one ends would take one notice (one durable batch) and
+        // leave the rest queued: under steady load the queue, and the lag, grow without end.
+        while open {
+            match rx.try_recv() {
+                Ok(d) => pending.absorb(d),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
         // The last evaluation (the feed closed: ingest is stopping) also sweeps, so what
         // went quiet before the end is judged before the process exits.
         let sweep = !open || last_sweep.elapsed() >= full_every;
@@ -482,21 +492,23 @@ pub async fn run(
                 }
             }
         }
+        let rules_ms = started.elapsed().as_millis() as u64;
         metrics.rule_evaluations.inc();
-        metrics
-            .rule_eval_ms
-            .add(started.elapsed().as_millis() as u64);
+        metrics.rule_eval_ms.add(rules_ms);
         match result {
             Ok(new) => {
                 metrics.findings_new.add(new as u64);
                 let dir = data_dir.clone();
                 let all = stored.clone();
+                let saving = Instant::now();
                 let saved =
                     tokio::task::spawn_blocking(move || rules::finding::save(&dir, &all)).await;
                 if let Ok(Err(e)) = saved {
                     metrics.rule_errors.inc();
                     tracing::error!(error = %e, "cannot store the findings");
                 }
+                let save_ms = saving.elapsed().as_millis() as u64;
+                let alerting = Instant::now();
                 if let Some(a) = alerts.as_mut() {
                     // The findings now cover these devices' data up to their newest time.
                     for (d, t) in &dirty.newest {
@@ -514,9 +526,21 @@ pub async fn run(
                     )
                     .await;
                 }
-                if let Some(at) = dirty.durable_at {
-                    metrics.set_rule_lag_ms(at.elapsed().as_millis() as u64);
+                let lag_ms = dirty.durable_at.map(|at| at.elapsed().as_millis() as u64);
+                if let Some(l) = lag_ms {
+                    metrics.set_rule_lag_ms(l);
                 }
+                // Where a cycle's time goes (the lag is all of it, and the wait before it).
+                tracing::debug!(
+                    devices = dirty.devices.len(),
+                    sweep,
+                    new,
+                    rules_ms,
+                    save_ms,
+                    alerts_ms = alerting.elapsed().as_millis() as u64,
+                    lag_ms,
+                    "live evaluation"
+                );
                 if let Some(t) = dirty.newest.values().max() {
                     metrics.set_rule_watermark_ms(*t);
                 }

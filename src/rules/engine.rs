@@ -206,10 +206,21 @@ pub async fn evaluate(
             until_ms: Some(until_ms),
             devices: devices_in_shard,
         };
+        let preparing = Instant::now();
         let Some(p) = prepare(snapshot, devices.clone(), lookback, &shard, cfg).await? else {
             continue;
         };
+        let prepare_ms = preparing.elapsed().as_millis() as u64;
+        let running = Instant::now();
         let e = run_pack(&p, pack, &shard).await?;
+        tracing::debug!(
+            shard = out.shards,
+            devices = e.devices,
+            samples = e.samples,
+            prepare_ms,
+            rules_ms = running.elapsed().as_millis() as u64,
+            "evaluation shard"
+        );
         out.eval_start_ms = if out.devices == 0 {
             e.eval_start_ms
         } else {

@@ -520,3 +520,63 @@ fn samples_pass_equals_its_sql() {
         }
     }
 }
+
+/// Under steady load the evaluator takes every notice already queued into its next
+/// evaluation: fifty durable batches waiting when it starts are covered by one evaluation,
+/// not one evaluation each (which would let the queue, and the lag, grow without end).
+#[test]
+fn live_evaluator_coalesces_every_queued_notice() {
+    use wallscope::ingest::IngestMetrics;
+    use wallscope::pipeline::live_rules::{self, Dirty, LiveRules};
+    use wallscope::pipeline::{Quiet, import_files};
+    use wallscope::source::InputFormat;
+    use wallscope::store::service::StoreService;
+    use wallscope::store::{Store, StoreConfig};
+
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let clock: Arc<dyn wallscope::clock::Clock> = Arc::new(SystemClock);
+    import_files(
+        StoreConfig::new(&data),
+        &[real("logs5tt-d-2.txt")],
+        InputFormat::VitalsLog,
+        Some("tt"),
+        clock.clone(),
+        &mut Quiet,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let metrics = Arc::new(IngestMetrics::default());
+    rt.block_on(async {
+        let (store, _) = Store::open(StoreConfig::new(&data), clock.clone()).unwrap();
+        let service = StoreService::start(store, 4);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Dirty>();
+        for i in 0..50 {
+            let mut dirty = Dirty::default();
+            dirty.devices.insert("tt".to_string());
+            dirty.newest.insert("tt".to_string(), i);
+            dirty.durable_at = Some(std::time::Instant::now());
+            tx.send(dirty).unwrap();
+        }
+        drop(tx);
+        let rules = LiveRules {
+            pack: pack::load(&PackSource::builtin()).unwrap(),
+            devices: None,
+            interval_ms: 0,
+            full_every_ms: u64::MAX,
+            alerts: None,
+        };
+        live_rules::run(
+            rules,
+            service.handle(),
+            data.clone(),
+            rx,
+            metrics.clone(),
+            clock,
+        )
+        .await;
+        service.close().unwrap();
+    });
+    assert_eq!(metrics.rule_evaluations.get(), 1);
+    assert_eq!(metrics.rule_errors.get(), 0);
+}
