@@ -6,9 +6,13 @@
 //! time). Every `full_every` it also sweeps the devices that sent nothing since the last
 //! sweep, so a device that stopped sending (F00) is noticed although it brings no new data;
 //! devices that keep sending are never evaluated twice for the same data, which is what
-//! lets a large fleet run live (a whole-fleet pass would grow with the fleet).
+//! lets a large fleet run live (a whole-fleet pass would grow with the fleet). A device's
+//! first evaluation in a run also reports the episodes of the longest rule window before
+//! its new data, so data stored before the run (imported, or committed by a run that
+//! stopped before evaluating it) is judged at the device's first new batch, not only at the
+//! stop sweep.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,17 +134,25 @@ impl Dirty {
 }
 
 /// One incremental evaluation: `dirty`'s devices from its oldest new data on (the engine
-/// reads back the longest rule window before that), merged into `stored`. Returns how many
+/// reads back the longest rule window before that), merged into `stored`. With
+/// `whole_past`, the episodes of the window before the new data count too, not only those
+/// reaching it: what a device's first evaluation in a run needs, since its stored past may
+/// never have been judged (the read then reaches two windows back). Returns how many
 /// episodes were new.
 pub async fn evaluate_incremental(
     snapshot: &crate::store::Snapshot,
     rules: &LiveRules,
     dirty: Option<&Dirty>,
+    whole_past: bool,
     stored: &mut Vec<Finding>,
 ) -> Result<usize, rules::EvalError> {
+    let window_ms = rules.pack.rules.iter().map(|r| r.window_ms).max();
     let scope = match dirty {
         Some(d) => Scope {
-            since_ms: d.min_ts_ms,
+            since_ms: match (whole_past, d.min_ts_ms) {
+                (true, Some(t)) => Some(t.saturating_sub(window_ms.unwrap_or(0))),
+                (_, since) => since,
+            },
             until_ms: None,
             devices: Some(d.devices.iter().cloned().collect()),
         },
@@ -386,6 +398,13 @@ pub async fn run(
         }
     };
     let mut heard: BTreeSet<String> = BTreeSet::new();
+    // Devices already judged in this run. The rest may have data no evaluation has seen —
+    // imported before `run` started, or committed by a previous run that stopped before
+    // evaluating it — so a device's first evaluation reports the episodes of the longest
+    // rule window before its new data, not only those reaching it (the merge keeps
+    // episodes already stored from being counted twice). The read reaches one window
+    // further back, which on a store younger than the window (35 days) changes nothing.
+    let mut judged: HashSet<String> = HashSet::new();
     let mut swept = false;
     if let Some(a) = alerts.as_mut() {
         match crate::alerts::device_progress(&handle.snapshot()).await {
@@ -465,11 +484,15 @@ pub async fn run(
         let snapshot = handle.snapshot();
         let started = Instant::now();
         last_eval = Some(tokio::time::Instant::from_std(started));
+        let whole_past = dirty.devices.iter().any(|d| !judged.contains(d));
         let mut result = if dirty.is_empty() {
             Ok(0)
         } else {
-            evaluate_incremental(&snapshot, &rules, Some(&dirty), &mut stored).await
+            evaluate_incremental(&snapshot, &rules, Some(&dirty), whole_past, &mut stored).await
         };
+        if whole_past && result.is_ok() {
+            judged.extend(dirty.devices.iter().cloned());
+        }
         if sweep && result.is_ok() {
             let first_sweep = !swept;
             swept = true;
@@ -478,7 +501,10 @@ pub async fn run(
             // `heard` starts afresh: what arrives from here on counts for the next sweep.
             known.append(&mut heard);
             result = match evaluate_silent(&snapshot, &rules, &silent, &mut stored).await {
-                Ok(n) => result.map(|m| m + n),
+                Ok(n) => {
+                    judged.extend(silent.iter().cloned());
+                    result.map(|m| m + n)
+                }
                 Err(e) => Err(e),
             };
             if first_sweep

@@ -296,6 +296,7 @@ fn live_evaluation_equals_history() {
             &snapshot,
             &live,
             Some(&dirty),
+            false,
             &mut stored,
         ))
         .unwrap();
@@ -579,4 +580,96 @@ fn live_evaluator_coalesces_every_queued_notice() {
     });
     assert_eq!(metrics.rule_evaluations.get(), 1);
     assert_eq!(metrics.rule_errors.get(), 0);
+}
+
+/// A device's first evaluation in a run judges its stored past (as far back as the longest
+/// rule window before its new data), not only what reaches the new data. The store holds
+/// `home`'s real logs (an F01 episode that ended two hours before its newest sample), as
+/// if imported before `run` started; the first durable batch brings only its newest sample,
+/// so an evaluation that reported only episodes reaching the new data would leave the F01
+/// for the stop sweep. It must be found by that first evaluation.
+#[test]
+fn live_evaluator_judges_an_unevaluated_past_on_first_contact() {
+    use wallscope::ingest::IngestMetrics;
+    use wallscope::pipeline::live_rules::{self, Dirty, LiveRules};
+    use wallscope::pipeline::{Quiet, import_files};
+    use wallscope::source::InputFormat;
+    use wallscope::store::service::StoreService;
+    use wallscope::store::{Snapshot, Store, StoreConfig};
+
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let clock: Arc<dyn wallscope::clock::Clock> = Arc::new(SystemClock);
+    let logs: Vec<_> = HOME_LOGS.iter().map(|f| real(f)).collect();
+    import_files(
+        StoreConfig::new(&data),
+        &logs,
+        InputFormat::VitalsLog,
+        Some("home"),
+        clock.clone(),
+        &mut Quiet,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let newest = rt
+        .block_on(wallscope::alerts::device_progress(
+            &Snapshot::load(&data).unwrap(),
+        ))
+        .unwrap()["home"];
+    let metrics = Arc::new(IngestMetrics::default());
+    let stored = rt.block_on(async {
+        let (store, _) = Store::open(StoreConfig::new(&data), clock.clone()).unwrap();
+        let service = StoreService::start(store, 4);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Dirty>();
+        let mut dirty = Dirty::default();
+        dirty.devices.insert("home".to_string());
+        dirty.newest.insert("home".to_string(), newest);
+        dirty.min_ts_ms = Some(newest);
+        dirty.durable_at = Some(std::time::Instant::now());
+        tx.send(dirty).unwrap();
+        let rules = LiveRules {
+            pack: pack::load(&PackSource::builtin()).unwrap(),
+            devices: None,
+            interval_ms: 0,
+            full_every_ms: u64::MAX,
+            alerts: None,
+        };
+        let evaluator = tokio::spawn(live_rules::run(
+            rules,
+            service.handle(),
+            data.clone(),
+            rx,
+            metrics.clone(),
+            clock,
+        ));
+        // The feed stays open: no stop sweep until the first evaluation has been judged.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while metrics.rule_evaluations.get() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no evaluation ran");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // `findings_new` is counted just after `rule_evaluations`; only a failing run waits
+        // out this bound.
+        let counted = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while metrics.findings_new.get() == 0 && std::time::Instant::now() < counted {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let first = (metrics.rule_evaluations.get(), metrics.findings_new.get());
+        drop(tx);
+        evaluator.await.unwrap();
+        service.close().unwrap();
+        assert_eq!(first.0, 1, "one evaluation before the feed closed");
+        assert!(
+            first.1 >= 1,
+            "the first evaluation found nothing in home's stored past"
+        );
+        wallscope::rules::finding::load(&data).unwrap()
+    });
+    assert_eq!(metrics.rule_errors.get(), 0);
+    assert!(
+        stored
+            .iter()
+            .any(|f| f.fault == "F01" && f.device_id == "home"),
+        "F01 for home: {stored:?}"
+    );
 }
