@@ -522,13 +522,39 @@ fn samples_pass_equals_its_sql() {
     }
 }
 
+/// The built-in pack for `live_rules::run` alone: no registry, no interval, no sweep
+/// before the feed closes, no alerts.
+fn bare_live_rules() -> wallscope::pipeline::live_rules::LiveRules {
+    wallscope::pipeline::live_rules::LiveRules {
+        pack: pack::load(&PackSource::builtin()).unwrap(),
+        devices: None,
+        interval_ms: 0,
+        full_every_ms: u64::MAX,
+        alerts: None,
+    }
+}
+
+/// What the acker hands the evaluator for a durable batch of `device` reaching `newest_ms`.
+fn notice(
+    device: &str,
+    newest_ms: i64,
+    min_ts_ms: Option<i64>,
+) -> wallscope::pipeline::live_rules::Dirty {
+    let mut d = wallscope::pipeline::live_rules::Dirty::default();
+    d.devices.insert(device.to_string());
+    d.newest.insert(device.to_string(), newest_ms);
+    d.min_ts_ms = min_ts_ms;
+    d.durable_at = Some(std::time::Instant::now());
+    d
+}
+
 /// Under steady load the evaluator takes every notice already queued into its next
 /// evaluation: fifty durable batches waiting when it starts are covered by one evaluation,
 /// not one evaluation each (which would let the queue, and the lag, grow without end).
 #[test]
 fn live_evaluator_coalesces_every_queued_notice() {
     use wallscope::ingest::IngestMetrics;
-    use wallscope::pipeline::live_rules::{self, Dirty, LiveRules};
+    use wallscope::pipeline::live_rules::{self, Dirty};
     use wallscope::pipeline::{Quiet, import_files};
     use wallscope::source::InputFormat;
     use wallscope::store::service::StoreService;
@@ -553,22 +579,11 @@ fn live_evaluator_coalesces_every_queued_notice() {
         let service = StoreService::start(store, 4);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Dirty>();
         for i in 0..50 {
-            let mut dirty = Dirty::default();
-            dirty.devices.insert("tt".to_string());
-            dirty.newest.insert("tt".to_string(), i);
-            dirty.durable_at = Some(std::time::Instant::now());
-            tx.send(dirty).unwrap();
+            tx.send(notice("tt", i, None)).unwrap();
         }
         drop(tx);
-        let rules = LiveRules {
-            pack: pack::load(&PackSource::builtin()).unwrap(),
-            devices: None,
-            interval_ms: 0,
-            full_every_ms: u64::MAX,
-            alerts: None,
-        };
         live_rules::run(
-            rules,
+            bare_live_rules(),
             service.handle(),
             data.clone(),
             rx,
@@ -591,7 +606,7 @@ fn live_evaluator_coalesces_every_queued_notice() {
 #[test]
 fn live_evaluator_judges_an_unevaluated_past_on_first_contact() {
     use wallscope::ingest::IngestMetrics;
-    use wallscope::pipeline::live_rules::{self, Dirty, LiveRules};
+    use wallscope::pipeline::live_rules::{self, Dirty};
     use wallscope::pipeline::{Quiet, import_files};
     use wallscope::source::InputFormat;
     use wallscope::store::service::StoreService;
@@ -621,21 +636,9 @@ fn live_evaluator_judges_an_unevaluated_past_on_first_contact() {
         let (store, _) = Store::open(StoreConfig::new(&data), clock.clone()).unwrap();
         let service = StoreService::start(store, 4);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Dirty>();
-        let mut dirty = Dirty::default();
-        dirty.devices.insert("home".to_string());
-        dirty.newest.insert("home".to_string(), newest);
-        dirty.min_ts_ms = Some(newest);
-        dirty.durable_at = Some(std::time::Instant::now());
-        tx.send(dirty).unwrap();
-        let rules = LiveRules {
-            pack: pack::load(&PackSource::builtin()).unwrap(),
-            devices: None,
-            interval_ms: 0,
-            full_every_ms: u64::MAX,
-            alerts: None,
-        };
+        tx.send(notice("home", newest, Some(newest))).unwrap();
         let evaluator = tokio::spawn(live_rules::run(
-            rules,
+            bare_live_rules(),
             service.handle(),
             data.clone(),
             rx,
