@@ -146,11 +146,10 @@ pub async fn evaluate_incremental(
     whole_past: bool,
     stored: &mut Vec<Finding>,
 ) -> Result<usize, rules::EvalError> {
-    let window_ms = rules.pack.rules.iter().map(|r| r.window_ms).max();
     let scope = match dirty {
         Some(d) => Scope {
             since_ms: match (whole_past, d.min_ts_ms) {
-                (true, Some(t)) => Some(t.saturating_sub(window_ms.unwrap_or(0))),
+                (true, Some(t)) => Some(t.saturating_sub(rules.pack.longest_window_ms())),
                 (_, since) => since,
             },
             until_ms: None,
@@ -484,14 +483,20 @@ pub async fn run(
         let snapshot = handle.snapshot();
         let started = Instant::now();
         last_eval = Some(tokio::time::Instant::from_std(started));
-        let whole_past = dirty.devices.iter().any(|d| !judged.contains(d));
+        let unjudged: Vec<String> = dirty
+            .devices
+            .iter()
+            .filter(|d| !judged.contains(*d))
+            .cloned()
+            .collect();
+        let whole_past = !unjudged.is_empty();
         let mut result = if dirty.is_empty() {
             Ok(0)
         } else {
             evaluate_incremental(&snapshot, &rules, Some(&dirty), whole_past, &mut stored).await
         };
-        if whole_past && result.is_ok() {
-            judged.extend(dirty.devices.iter().cloned());
+        if result.is_ok() {
+            judged.extend(unjudged);
         }
         if sweep && result.is_ok() {
             let first_sweep = !swept;

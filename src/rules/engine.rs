@@ -175,7 +175,7 @@ pub async fn evaluate(
     scope: &Scope,
     cfg: &QueryConfig,
 ) -> Result<Evaluation, EvalError> {
-    let lookback = pack.rules.iter().map(|r| r.window_ms).max().unwrap_or(0);
+    let lookback = pack.longest_window_ms();
     // "Now" is fixed for the whole fleet first, so every device (and every shard) judges
     // silence (F00) against the same clock, whichever devices this evaluation covers.
     let until = match scope.until_ms {

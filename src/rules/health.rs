@@ -192,7 +192,7 @@ pub async fn report(
         until_ms: Some(now + 1),
         devices: Some(vec![device.to_string()]),
     };
-    let lookback = pack.rules.iter().map(|r| r.window_ms).max().unwrap_or(0);
+    let lookback = pack.longest_window_ms();
     let prepared = engine::prepare(snapshot, devices, lookback, &scope, cfg)
         .await?
         .ok_or_else(|| HealthError::UnknownDevice {

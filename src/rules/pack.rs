@@ -24,6 +24,14 @@ pub struct Pack {
     pub rules: Vec<Rule>,
 }
 
+impl Pack {
+    /// The longest rule window: how far before the data in scope an evaluation reads back
+    /// (0 for an empty pack).
+    pub fn longest_window_ms(&self) -> i64 {
+        self.rules.iter().map(|r| r.window_ms).max().unwrap_or(0)
+    }
+}
+
 /// Output columns every rule must return.
 pub const REQUIRED_COLUMNS: [&str; 3] = ["device_id", "first_ts", "last_ts"];
 /// Output columns with a meaning of their own (not evidence).

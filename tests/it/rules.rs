@@ -522,16 +522,30 @@ fn samples_pass_equals_its_sql() {
     }
 }
 
-/// The built-in pack for `live_rules::run` alone: no registry, no interval, no sweep
-/// before the feed closes, no alerts.
-fn bare_live_rules() -> wallscope::pipeline::live_rules::LiveRules {
-    wallscope::pipeline::live_rules::LiveRules {
+/// `live_rules::run` with the built-in pack alone (no registry, no interval, no sweep
+/// before the feed closes, no alerts) over the store behind `handle`, fed by `rx`.
+fn bare_evaluator(
+    handle: wallscope::store::service::StoreHandle,
+    data: &Path,
+    rx: tokio::sync::mpsc::UnboundedReceiver<wallscope::pipeline::live_rules::Dirty>,
+    metrics: &Arc<wallscope::ingest::IngestMetrics>,
+    clock: Arc<dyn wallscope::clock::Clock>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let rules = wallscope::pipeline::live_rules::LiveRules {
         pack: pack::load(&PackSource::builtin()).unwrap(),
         devices: None,
         interval_ms: 0,
         full_every_ms: u64::MAX,
         alerts: None,
-    }
+    };
+    wallscope::pipeline::live_rules::run(
+        rules,
+        handle,
+        data.to_path_buf(),
+        rx,
+        metrics.clone(),
+        clock,
+    )
 }
 
 /// What the acker hands the evaluator for a durable batch of `device` reaching `newest_ms`.
@@ -554,7 +568,7 @@ fn notice(
 #[test]
 fn live_evaluator_coalesces_every_queued_notice() {
     use wallscope::ingest::IngestMetrics;
-    use wallscope::pipeline::live_rules::{self, Dirty};
+    use wallscope::pipeline::live_rules::Dirty;
     use wallscope::pipeline::{Quiet, import_files};
     use wallscope::source::InputFormat;
     use wallscope::store::service::StoreService;
@@ -582,15 +596,7 @@ fn live_evaluator_coalesces_every_queued_notice() {
             tx.send(notice("tt", i, None)).unwrap();
         }
         drop(tx);
-        live_rules::run(
-            bare_live_rules(),
-            service.handle(),
-            data.clone(),
-            rx,
-            metrics.clone(),
-            clock,
-        )
-        .await;
+        bare_evaluator(service.handle(), &data, rx, &metrics, clock).await;
         service.close().unwrap();
     });
     assert_eq!(metrics.rule_evaluations.get(), 1);
@@ -606,7 +612,7 @@ fn live_evaluator_coalesces_every_queued_notice() {
 #[test]
 fn live_evaluator_judges_an_unevaluated_past_on_first_contact() {
     use wallscope::ingest::IngestMetrics;
-    use wallscope::pipeline::live_rules::{self, Dirty};
+    use wallscope::pipeline::live_rules::Dirty;
     use wallscope::pipeline::{Quiet, import_files};
     use wallscope::source::InputFormat;
     use wallscope::store::service::StoreService;
@@ -637,14 +643,7 @@ fn live_evaluator_judges_an_unevaluated_past_on_first_contact() {
         let service = StoreService::start(store, 4);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Dirty>();
         tx.send(notice("home", newest, Some(newest))).unwrap();
-        let evaluator = tokio::spawn(live_rules::run(
-            bare_live_rules(),
-            service.handle(),
-            data.clone(),
-            rx,
-            metrics.clone(),
-            clock,
-        ));
+        let evaluator = tokio::spawn(bare_evaluator(service.handle(), &data, rx, &metrics, clock));
         // The feed stays open: no stop sweep until the first evaluation has been judged.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while metrics.rule_evaluations.get() == 0 {
